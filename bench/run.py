@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""`microvm run` benchmarks (issue "Run"). Standard library only.
+
+  bench/run.py pack MICROVM BUSYBOX_ROOTFS
+      packing time, cold (empty cache) and cached, for the busybox tree and a ~100 MB tree
+      (made here: 100 files of 1 MiB of random bytes plus the busybox tree), median of 5.
+  bench/run.py run MICROVM KERNEL AGENT BUSYBOX_ROOTFS
+      (where real KVM is, e.g. inside tests/bed/nested.sh)
+      `run <busybox> true` end to end, median of 10, split into VMM setup / kernel boot to
+      agent ready / agent ready to process start / process exit to VMM exit; and stdout
+      throughput through the agent (256 MiB) next to `cat` of the same data on this host.
+"""
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def timed(cmd, env=None, **kw):
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, env=env, **kw)
+    return (time.monotonic() - t0) * 1e3, p
+
+
+def pack(microvm, busybox):
+    with tempfile.TemporaryDirectory() as d:
+        big = os.path.join(d, "tree100")
+        shutil.copytree(busybox, big, symlinks=True)
+        os.makedirs(os.path.join(big, "data"))
+        for i in range(100):
+            with open(os.path.join(big, "data", f"f{i}"), "wb") as f:
+                f.write(os.urandom(1 << 20))
+        for name, tree in (("busybox", busybox), ("~100 MB", big)):
+            cold, warm = [], []
+            for i in range(5):
+                env = dict(os.environ, MICROVM_CACHE=os.path.join(d, f"cache-{name[0]}-{i}"))
+                ms, p = timed([microvm, "pack", tree], env=env, capture_output=True)
+                assert p.returncode == 0 and b"packed" in p.stderr, p.stderr
+                cold.append(ms)
+                ms, p = timed([microvm, "pack", tree], env=env, capture_output=True)
+                assert p.returncode == 0 and b"cached" in p.stderr, p.stderr
+                warm.append(ms)
+            print(f"pack {name}: cold median {statistics.median(cold):.0f} ms, cached {statistics.median(warm):.0f} ms (n=5, whole `microvm pack` process)")
+
+
+def run(microvm, kernel, agent, busybox):
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        local = os.path.join(d, "rootfs")
+        shutil.copytree(busybox, local, symlinks=True)  # off the 9p share in the nested bed
+        env = dict(os.environ, MICROVM_CACHE=os.path.join(d, "cache"), MICROVM_AGENT=agent,
+                   MICROVM_RUNTIME_DIR=os.path.join(d, "run"), MICROVM_TIMINGS="1")
+        base = [microvm, "run", "--kernel", kernel, local, "--"]
+        subprocess.run(base + ["true"], env=env, check=True, capture_output=True)  # pack once
+        phases = {k: [] for k in ("setup", "boot_to_agent", "agent_to_process", "exit_to_vm_exit", "wall")}
+        for _ in range(10):
+            ms, p = timed(base + ["true"], env=env, capture_output=True, text=True)
+            assert p.returncode == 0, p.stderr
+            line = [l for l in p.stderr.splitlines() if l.startswith("microvm-timings:")][-1]
+            t = {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:]) if v != "-"}
+            phases["setup"].append(t["first_kvm_run"])
+            phases["boot_to_agent"].append(t["agent_ready"] - t["first_kvm_run"])
+            phases["agent_to_process"].append(t["process_start"] - t["agent_ready"])
+            phases["exit_to_vm_exit"].append(t["vm_exit"] - t["process_exit"])
+            phases["wall"].append(ms)
+        med = {k: statistics.median(v) for k, v in phases.items()}
+        print("run <busybox> true, median of 10: " + ", ".join(f"{k} {v:.0f} ms" for k, v in med.items()))
+        size = 256 << 20
+        ms_vm, p = timed(base + ["head", "-c", str(size), "/dev/zero"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert p.returncode == 0, p.stderr
+        ms_0, _ = timed(base + ["true"], env=env, capture_output=True)
+        ms_host, _ = timed(f"head -c {size} /dev/zero | cat > /dev/null", shell=True)
+        print(f"stdout throughput: {size / (1 << 20) / ((ms_vm - ms_0) / 1e3):.0f} MiB/s through the agent "
+              f"(256 MiB; run minus an empty run); host `head | cat`: {size / (1 << 20) / (ms_host / 1e3):.0f} MiB/s")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "pack":
+        pack(*sys.argv[2:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "run":
+        run(*sys.argv[2:])
+    else:
+        raise SystemExit(__doc__)

@@ -1,0 +1,310 @@
+//! What the agent mounts at boot, in order:
+//! 1. its own pseudo filesystems: /proc, /sys, /dev (devtmpfs), /dev/pts (a private devpts
+//!    instance), /dev/shm and /run (tmpfs) — [`mount_pseudo_filesystems`];
+//! 2. the container image, the block device [`ROOTFS_DEVICE`] (erofs, or ext4), read-only on
+//!    [`ROOTFS_LOWER`], and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live
+//!    on a tmpfs (writes stay in guest memory), or with `microvm.readonly` on the kernel command
+//!    line a read-only bind — [`mount_rootfs`];
+//! 3. inside [`ROOTFS`], what the process sees: proc, sysfs, and the agent's /dev (with pts
+//!    and shm) bound recursively — [`mount_container_filesystems`].
+
+use std::io;
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+
+/// The block device holding the container image (the VMM's first virtio-blk disk).
+pub const ROOTFS_DEVICE: &str = "/dev/vda";
+/// Where the image is mounted read-only.
+pub const ROOTFS_LOWER: &str = "/rootfs-ro";
+/// The tmpfs holding the overlay's upper and work directories.
+pub const ROOTFS_RW: &str = "/rootfs-rw";
+/// The root the container process is chrooted into.
+pub const ROOTFS: &str = "/rootfs";
+/// The kernel parameter that asks for a read-only root. Parameters with a dot stay out of
+/// init's environment, so it is read from /proc/cmdline.
+pub const READONLY_PARAM: &str = "microvm.readonly";
+/// How long to wait for [`ROOTFS_DEVICE`] to appear in devtmpfs.
+const DEVICE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("create mount point {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("mount {fstype} on {path}: {source}")]
+    Mount {
+        fstype: &'static str,
+        path: PathBuf,
+        source: Errno,
+    },
+    #[error("mount {ROOTFS_DEVICE} on {ROOTFS_LOWER}: no such device after {DEVICE_WAIT:?} (no disk attached?)")]
+    NoDevice,
+    #[error("mount {ROOTFS_DEVICE} on {ROOTFS_LOWER}: not erofs ({erofs}), not ext4 ({ext4})")]
+    Image { erofs: Errno, ext4: Errno },
+    #[error("prepare overlay upper dir {path}: {source}")]
+    Upper { path: PathBuf, source: io::Error },
+}
+
+/// One mount: `mount(source, target, fstype, flags, data)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: &'static str,
+    pub target: PathBuf,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: Option<String>,
+}
+
+impl Mount {
+    fn new(source: &'static str, target: impl Into<PathBuf>, fstype: &'static str) -> Self {
+        Mount {
+            source,
+            target: target.into(),
+            fstype,
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            data: None,
+        }
+    }
+
+    fn flags(self, flags: MsFlags) -> Self {
+        Mount { flags, ..self }
+    }
+
+    fn data(self, data: impl Into<String>) -> Self {
+        Mount {
+            data: Some(data.into()),
+            ..self
+        }
+    }
+
+    /// Creates the mount point if missing, then mounts.
+    pub fn mount(&self) -> Result<(), MountError> {
+        create_dir(&self.target)?;
+        self.mount_only()
+    }
+
+    fn mount_only(&self) -> Result<(), MountError> {
+        mount(
+            Some(self.source),
+            &self.target,
+            Some(self.fstype),
+            self.flags,
+            self.data.as_deref(),
+        )
+        .map_err(|source| MountError::Mount {
+            fstype: self.fstype,
+            path: self.target.clone(),
+            source,
+        })
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), MountError> {
+    std::fs::create_dir_all(path).map_err(|source| MountError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The agent's own pseudo filesystems, in mount order.
+pub fn pseudo_filesystems() -> Vec<Mount> {
+    let no_exec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    vec![
+        Mount::new("proc", "/proc", "proc"),
+        Mount::new("sysfs", "/sys", "sysfs"),
+        Mount::new("devtmpfs", "/dev", "devtmpfs")
+            .flags(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+            .data("mode=0755"),
+        // A private instance; ptmxmode lets /dev/pts/ptmx be opened, and /dev/ptmx of
+        // devtmpfs finds this instance as its sibling "pts" (Linux >= 4.7).
+        Mount::new("devpts", "/dev/pts", "devpts")
+            .flags(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
+            .data("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Mount::new("shm", "/dev/shm", "tmpfs")
+            .flags(no_exec)
+            .data("mode=1777"),
+        Mount::new("tmpfs", "/run", "tmpfs")
+            .flags(MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+            .data("mode=0755"),
+    ]
+}
+
+/// Step 1: mounts [`pseudo_filesystems`].
+pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
+    pseudo_filesystems().iter().try_for_each(Mount::mount)
+}
+
+/// Whether the kernel command line (the text of /proc/cmdline) holds [`READONLY_PARAM`],
+/// bare or with any value.
+pub fn readonly_requested(cmdline: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .any(|param| param.split('=').next() == Some(READONLY_PARAM))
+}
+
+/// Step 2: the image on [`ROOTFS_LOWER`], then [`ROOTFS`] as an overlay or a read-only bind.
+pub fn mount_rootfs(readonly: bool) -> Result<(), MountError> {
+    mount_image()?;
+    if readonly {
+        let bind = Mount::new(ROOTFS_LOWER, ROOTFS, "none").flags(MsFlags::MS_BIND);
+        bind.mount()?;
+        // A bind takes its read-only flag only from a remount.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        return bind.flags(flags).mount_only();
+    }
+    Mount::new("tmpfs", ROOTFS_RW, "tmpfs")
+        .flags(MsFlags::MS_NODEV)
+        .data("mode=0755")
+        .mount()?;
+    let rw = Path::new(ROOTFS_RW);
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    create_dir(&upper)?;
+    create_dir(&work)?;
+    // The overlay's root directory takes its mode and owner from the upper dir: copy the
+    // image's, so that / looks as the image says.
+    copy_owner_and_mode(Path::new(ROOTFS_LOWER), &upper).map_err(|source| MountError::Upper {
+        path: upper.clone(),
+        source,
+    })?;
+    Mount::new("overlay", ROOTFS, "overlay")
+        .flags(MsFlags::empty())
+        .data(overlay_options(Path::new(ROOTFS_LOWER), &upper, &work))
+        .mount()
+}
+
+/// The image, read-only: erofs first, then ext4. Waits a little for the device node, in case
+/// the disk is probed after init starts.
+fn mount_image() -> Result<(), MountError> {
+    create_dir(Path::new(ROOTFS_LOWER))?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
+    let erofs = Mount::new(ROOTFS_DEVICE, ROOTFS_LOWER, "erofs").flags(flags);
+    let ext4 = Mount::new(ROOTFS_DEVICE, ROOTFS_LOWER, "ext4").flags(flags);
+    let deadline = Instant::now() + DEVICE_WAIT;
+    loop {
+        let erofs_error = match erofs.mount_only() {
+            Ok(()) => return Ok(()),
+            Err(MountError::Mount { source, .. }) => source,
+            Err(other) => return Err(other),
+        };
+        if erofs_error == Errno::ENOENT {
+            if Instant::now() >= deadline {
+                return Err(MountError::NoDevice);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        return match ext4.mount_only() {
+            Ok(()) => Ok(()),
+            Err(MountError::Mount { source, .. }) => Err(MountError::Image {
+                erofs: erofs_error,
+                ext4: source,
+            }),
+            Err(other) => Err(other),
+        };
+    }
+}
+
+fn copy_owner_and_mode(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = std::fs::metadata(from)?;
+    chown(to, Some(meta.uid()), Some(meta.gid()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+}
+
+fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    )
+}
+
+/// What the container process sees under `root`: proc, sysfs (read-only) and the agent's /dev,
+/// bound recursively so that /dev/pts and /dev/shm come along.
+pub fn container_filesystems(root: &Path) -> Vec<Mount> {
+    let no_exec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    vec![
+        Mount::new("proc", root.join("proc"), "proc"),
+        Mount::new("sysfs", root.join("sys"), "sysfs").flags(no_exec | MsFlags::MS_RDONLY),
+        Mount::new("/dev", root.join("dev"), "none").flags(MsFlags::MS_BIND | MsFlags::MS_REC),
+    ]
+}
+
+/// Step 3: mounts [`container_filesystems`] in `root`. A mount point that the image lacks and a
+/// read-only root cannot get is skipped; the skipped mounts are returned, for a warning.
+pub fn mount_container_filesystems(root: &Path) -> Result<Vec<MountError>, MountError> {
+    let mut skipped = Vec::new();
+    for fs in container_filesystems(root) {
+        match fs.mount() {
+            Ok(()) => {}
+            Err(MountError::CreateDir { path, source })
+                if source.raw_os_error() == Some(libc::EROFS) =>
+            {
+                skipped.push(MountError::CreateDir { path, source });
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(skipped)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_filesystems_mount_parents_first() {
+        let targets: Vec<_> = pseudo_filesystems().into_iter().map(|m| m.target).collect();
+        let expected = ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run"];
+        assert_eq!(targets, expected.map(PathBuf::from));
+        let devpts = &pseudo_filesystems()[3];
+        let data = devpts.data.as_deref().unwrap();
+        assert!(data.contains("newinstance") && data.contains("ptmxmode=0666"));
+    }
+
+    #[test]
+    fn readonly_comes_from_the_command_line() {
+        assert!(readonly_requested("console=ttyS0 microvm.readonly quiet\n"));
+        assert!(readonly_requested("microvm.readonly=1"));
+        assert!(!readonly_requested("console=ttyS0 quiet\n"));
+        assert!(!readonly_requested("microvm.readonlyx microvm=readonly"));
+        assert!(!readonly_requested(""));
+    }
+
+    #[test]
+    fn overlay_options_name_the_three_dirs() {
+        let rw = Path::new(ROOTFS_RW);
+        assert_eq!(
+            overlay_options(Path::new(ROOTFS_LOWER), &rw.join("upper"), &rw.join("work")),
+            "lowerdir=/rootfs-ro,upperdir=/rootfs-rw/upper,workdir=/rootfs-rw/work"
+        );
+    }
+
+    #[test]
+    fn container_gets_proc_sys_and_dev_inside_its_root() {
+        let mounts = container_filesystems(Path::new(ROOTFS));
+        let targets: Vec<_> = mounts.iter().map(|m| m.target.clone()).collect();
+        assert_eq!(
+            targets,
+            ["/rootfs/proc", "/rootfs/sys", "/rootfs/dev"].map(PathBuf::from)
+        );
+        assert!(mounts[2].flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+    }
+
+    #[test]
+    fn errors_name_the_mount() {
+        let error = MountError::Mount {
+            fstype: "proc",
+            path: "/rootfs/proc".into(),
+            source: Errno::EPERM,
+        };
+        assert_eq!(
+            error.to_string(),
+            "mount proc on /rootfs/proc: EPERM: Operation not permitted"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The typed messages: what the host asks ([`Request`]), what the agent answers ([`Response`]),
+//! what the agent reports unasked ([`Event`]), and the one frame that opens a stdio connection
+//! ([`StreamHello`]). [`Message`] wraps the four; the frame header's kind says which one a
+//! payload holds, so a payload is the JSON of the inner type alone.
+//!
+//! Structs and struct variants deny unknown fields: both sides speak exactly the same protocol
+//! version, so an unknown field is a bug worth an error, not something to skip.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AGENT_STDERR_PORT, AGENT_STDIN_PORT, AGENT_STDOUT_PORT};
+
+/// Anything that travels in a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+    Event(Event),
+    StreamHello(StreamHello),
+}
+
+impl From<Request> for Message {
+    fn from(request: Request) -> Self {
+        Message::Request(request)
+    }
+}
+
+impl From<Response> for Message {
+    fn from(response: Response) -> Self {
+        Message::Response(response)
+    }
+}
+
+impl From<Event> for Message {
+    fn from(event: Event) -> Self {
+        Message::Event(event)
+    }
+}
+
+impl From<StreamHello> for Message {
+    fn from(hello: StreamHello) -> Self {
+        Message::StreamHello(hello)
+    }
+}
+
+/// Host -> agent, on the control connection. Each request gets exactly one [`Response`], and
+/// responses come back in the order the requests were sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Request {
+    /// The first request on a connection. Answered by [`Response::HelloAck`].
+    Hello {
+        protocol_version: u16,
+        runtime_version: String,
+    },
+    /// Start the container process. Answered by [`Response::ProcessStarted`] or
+    /// [`Response::Error`] (whose [`ErrorKind::exit_code`] is then the exit code to report).
+    StartProcess(StartProcess),
+    /// Send `signal` (a Linux signal number) to process `pid`. Answered by [`Response::Ok`].
+    Signal { pid: u32, signal: i32 },
+    /// Resize the terminal of process `pid`. Answered by [`Response::Ok`].
+    ResizeTerminal { pid: u32, size: TerminalSize },
+    /// Close the stdin of process `pid`, as EOF on the stdin stream would. Answered by
+    /// [`Response::Ok`].
+    CloseStdin { pid: u32 },
+    /// Ask to be told when `pid` exits. Answered at once by [`Response::Ok`]; the
+    /// [`Event::ProcessExited`] follows once the process has exited and its stdout and stderr
+    /// have been written out (at once if that already happened).
+    WaitProcess { pid: u32 },
+    /// Power the VM off. Answered by [`Response::Ok`] just before the agent does so.
+    Shutdown,
+}
+
+/// What to run, already resolved from the OCI bundle by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartProcess {
+    /// `argv`; `args[0]` is looked up in `PATH` from `env` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` strings, the whole environment.
+    pub env: Vec<String>,
+    /// Working directory inside the container root.
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// `Some` allocates a pseudo-terminal of that size: stdout then carries the terminal's
+    /// output and there is no stderr stream. `None` gives separate stdout and stderr pipes.
+    pub terminal: Option<TerminalSize>,
+    /// Whether the host will attach a stdin stream; without one stdin is `/dev/null`.
+    pub stdin: bool,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Agent -> host, on the control connection: the answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Response {
+    HelloAck {
+        agent_version: String,
+        protocol_version: u16,
+    },
+    /// The process runs as `pid` in the guest; stdio streams name it as their `process_id`.
+    ProcessStarted {
+        pid: u32,
+    },
+    /// The request was carried out.
+    Ok,
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Agent -> host, on the control connection, not an answer to any request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Event {
+    /// Sent once per [`Request::WaitProcess`], after the process has exited and its output has
+    /// been written out.
+    ProcessExited { pid: u32, status: ExitStatusWire },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The executable does not exist (`ENOENT` from `execve`).
+    NotFound,
+    /// The executable exists but cannot be run (`EACCES`, `ENOEXEC`).
+    NotExecutable,
+    /// No process with that `pid` was started by this agent.
+    NoSuchProcess,
+    /// The request makes no sense in the agent's state (a second `StartProcess`, a bad `cwd`).
+    InvalidRequest,
+    Other,
+}
+
+/// `ENOEXEC` from include/uapi/asm-generic/errno-base.h.
+const ENOEXEC: i32 = 8;
+
+impl ErrorKind {
+    /// The exit code `microvm run` reports when starting the process failed this way, as a
+    /// shell does: 127 for a missing command, 126 for one that cannot run, 1 otherwise.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::NotFound => 127,
+            ErrorKind::NotExecutable => 126,
+            ErrorKind::NoSuchProcess | ErrorKind::InvalidRequest | ErrorKind::Other => 1,
+        }
+    }
+
+    /// Classifies the error of a failed `execve`.
+    pub fn from_exec_error(error: &std::io::Error) -> Self {
+        match error.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::NotExecutable,
+            _ if error.raw_os_error() == Some(ENOEXEC) => ErrorKind::NotExecutable,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatusWire {
+    /// It called `exit(code)`.
+    Exited(u8),
+    /// Signal number `signo` killed it.
+    Signaled(i32),
+}
+
+impl ExitStatusWire {
+    /// The code a shell would report: `code`, or 128 + `signo`.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatusWire::Exited(code) => i32::from(code),
+            ExitStatusWire::Signaled(signo) => signo.saturating_add(128),
+        }
+    }
+
+    /// Reads a raw `waitpid` status; `None` for a stopped or continued child, which has not
+    /// ended.
+    pub fn from_wait_status(raw: i32) -> Option<Self> {
+        let status = ExitStatus::from_raw(raw);
+        if let Some(code) = status.code() {
+            return u8::try_from(code).ok().map(ExitStatusWire::Exited);
+        }
+        status.signal().map(ExitStatusWire::Signaled)
+    }
+}
+
+/// The first and only frame on a stdio connection; raw bytes follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamHello {
+    pub stream: Stream,
+    /// The `pid` from [`Response::ProcessStarted`].
+    pub process_id: u32,
+}
+
+/// One of a process's standard streams, each on its own vsock connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    Stdin,
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// The agent's vsock port for this stream.
+    pub fn port(self) -> u32 {
+        match self {
+            Stream::Stdin => AGENT_STDIN_PORT,
+            Stream::Stdout => AGENT_STDOUT_PORT,
+            Stream::Stderr => AGENT_STDERR_PORT,
+        }
+    }
+
+    /// The stream whose port is `port`, if any.
+    pub fn from_port(port: u32) -> Option<Self> {
+        [Stream::Stdin, Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .find(|s| s.port() == port)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::decoder::FrameDecoder;
+    use crate::frame::encode_frame;
+    use crate::test_util::samples;
+
+    #[test]
+    fn every_message_round_trips_through_a_frame() {
+        for message in samples() {
+            let bytes = encode_frame(&message).expect("encode");
+            let mut decoder = FrameDecoder::new();
+            decoder.feed(&bytes);
+            assert_eq!(decoder.next_message().expect("decode"), Some(message));
+            assert_eq!(decoder.buffered_len(), 0);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let json = r#"{"Signal":{"pid":1,"signal":9,"extra":0}}"#;
+        assert!(serde_json::from_str::<Request>(json).is_err());
+        let json = r#"{"rows":1,"cols":2,"depth":3}"#;
+        assert!(serde_json::from_str::<TerminalSize>(json).is_err());
+    }
+
+    #[test]
+    fn shell_codes_follow_the_shell() {
+        assert_eq!(ExitStatusWire::Exited(0).shell_code(), 0);
+        assert_eq!(ExitStatusWire::Exited(255).shell_code(), 255);
+        assert_eq!(ExitStatusWire::Signaled(9).shell_code(), 137);
+        assert_eq!(ExitStatusWire::Signaled(i32::MAX).shell_code(), i32::MAX);
+    }
+
+    #[test]
+    fn wait_statuses_decode() {
+        // Layouts from include/uapi/linux/wait.h users: exit code in bits 8..16, signal in 0..7.
+        assert_eq!(
+            ExitStatusWire::from_wait_status(3 << 8),
+            Some(ExitStatusWire::Exited(3))
+        );
+        assert_eq!(
+            ExitStatusWire::from_wait_status(9),
+            Some(ExitStatusWire::Signaled(9))
+        );
+        assert_eq!(
+            ExitStatusWire::from_wait_status(0x80 | 11),
+            Some(ExitStatusWire::Signaled(11))
+        );
+        assert_eq!(
+            ExitStatusWire::from_wait_status((19 << 8) | 0x7f),
+            None,
+            "stopped"
+        );
+        assert_eq!(ExitStatusWire::from_wait_status(0xffff), None, "continued");
+    }
+
+    #[test]
+    fn exec_errors_map_to_exit_codes() {
+        let code = |e: std::io::Error| ErrorKind::from_exec_error(&e).exit_code();
+        assert_eq!(code(std::io::Error::from_raw_os_error(2)), 127, "ENOENT");
+        assert_eq!(code(std::io::Error::from_raw_os_error(13)), 126, "EACCES");
+        assert_eq!(code(std::io::Error::from_raw_os_error(ENOEXEC)), 126);
+        assert_eq!(code(std::io::Error::from_raw_os_error(12)), 1, "ENOMEM");
+    }
+
+    #[test]
+    fn stream_ports_are_distinct_and_invert() {
+        for stream in [Stream::Stdin, Stream::Stdout, Stream::Stderr] {
+            assert_eq!(Stream::from_port(stream.port()), Some(stream));
+        }
+        assert_eq!(Stream::from_port(crate::AGENT_CONTROL_PORT), None);
+    }
+}

@@ -1,0 +1,4 @@
+pub mod boot;
+pub mod check;
+pub mod pack;
+pub mod run;

@@ -1,0 +1,55 @@
+//! The host terminal for `run -t`: raw mode while the guest's terminal is in charge, and the
+//! window size to forward.
+
+use std::sync::Mutex;
+
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+use protocol::TerminalSize;
+
+/// The settings to put back, kept where a signal path can reach them too.
+static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
+
+/// Raw mode on stdin while alive; restores the previous settings on drop.
+pub struct RawMode;
+
+impl RawMode {
+    /// `None` when stdin is not a terminal (then there is nothing to change).
+    pub fn enter() -> Option<Self> {
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        *SAVED.lock().ok()? = Some(saved);
+        Some(Self)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// Puts the terminal back as it was, if raw mode was entered.
+pub fn restore() {
+    if let Ok(mut saved) = SAVED.lock() {
+        if let Some(t) = saved.take() {
+            let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &t);
+        }
+    }
+}
+
+/// The host terminal's size, from stdin or stdout.
+pub fn window_size() -> Option<TerminalSize> {
+    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO] {
+        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes one `winsize` into `ws`, which lives for the call; the
+        // result is checked.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+        if rc == 0 && ws.ws_row > 0 {
+            return Some(TerminalSize { rows: ws.ws_row, cols: ws.ws_col });
+        }
+    }
+    None
+}

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Run a command inside the nested bed: an L1 VM (QEMU TCG emulating AMD SVM,
+# booted with virtme-ng) that has a real /dev/kvm, so the command can boot
+# KVM guests. See README.md beside this file.
+#
+#   tests/bed/nested.sh [options] -- COMMAND [ARG...]
+#
+# Options:
+#   --cpus N          L1 vCPUs (default 2)
+#   --memory SIZE     L1 memory, QEMU syntax (default 4G)
+#   --rwdir DIR       also make host DIR writable in L1 (repeatable)
+#   --env NAME[=VAL]  pass another variable into L1 (repeatable)
+#   --ro              do not make the repo writable in L1
+#   --time            print how long L1 took to reach COMMAND on stderr
+#   --verbose         show L1's boot console too (slower: each byte is emulated)
+#
+# COMMAND runs as root in L1 with cwd = the repo root, under bash, with these
+# variables from the caller: PATH HOME USER LOGNAME TERM TZ LANG LANGUAGE LC_*
+# CI NO_COLOR CARGO_* RUSTUP_* RUST_* RUSTFLAGS RUSTDOCFLAGS NEXTEST_* MICROVM_*
+# (MICROVM_BED=nested is added). Its stdout and stderr reach the caller's
+# stdout and stderr as it writes them; its exit status is nested.sh's.
+# Exit 125: the bed itself failed (L1 did not boot, died before COMMAND ended,
+# or has no /dev/kvm); nothing of COMMAND's status is known then.
+#
+# The host filesystem is visible read-only in L1 (9p), except the repo (unless
+# --ro), CARGO_TARGET_DIR, --rwdir dirs and a scratch dir. /tmp in L1 is an
+# overlay on tmpfs (writes stay in L1) and /run is a tmpfs: put unix sockets
+# and runtime state there, never in a shared directory (bind fails, ENXIO).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+
+die() { echo "nested.sh: $*" >&2; exit 125; }
+usage() { sed -n "2,25s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
+
+cpus=2 memory=4G verbose='' timing='' repo_rw=1
+rwdirs=() extra_env=()
+while (($#)); do
+	case $1 in
+	--cpus) cpus=${2:?}; shift 2 ;;
+	--memory) memory=${2:?}; shift 2 ;;
+	--rwdir) rwdirs+=("$(cd "${2:?}" && pwd)"); shift 2 ;;
+	--env) extra_env+=("${2:?}"); shift 2 ;;
+	--ro) repo_rw=; shift ;;
+	--time) timing=1; shift ;;
+	--verbose | -v) verbose=1 timing=1; shift ;;
+	--) shift; break ;;
+	-h | --help) usage 0 ;;
+	-*) echo "nested.sh: unknown option $1" >&2; usage ;;
+	*) break ;;
+	esac
+done
+(($#)) || usage
+
+kernel=$(bed_find_kernel) || die "no /boot/vmlinuz-6.1.0-*-amd64 with modules: run tests/bed/setup.sh"
+vng=$(bed_find_vng) || die "vng (virtme-ng) not found: run tests/bed/setup.sh"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: run tests/bed/setup.sh"
+
+# A closed stdin would let QEMU's first open() take fd 0.
+[[ -e /proc/$$/fd/0 ]] || exec </dev/null
+
+# CARGO_TARGET_DIR goes into L1 as an absolute path, and writable: L1 sees
+# only what exists on the host when it starts, so create it now.
+if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
+	mkdir -p "$CARGO_TARGET_DIR"
+	CARGO_TARGET_DIR=$(cd "$CARGO_TARGET_DIR" && pwd)
+fi
+
+# Host-side scratch: fifos for the output streams (host only) and share/, the
+# rwdir where L1 finds the script to run and leaves COMMAND's exit status.
+tmp=$(mktemp -d /tmp/microvm-bed.XXXXXX)
+share=$tmp/share
+mkdir "$share"
+vpid='' pollpid=''
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+	[[ -n $vpid ]] && kill -TERM -- "-$vpid" 2>/dev/null
+	[[ -n $pollpid ]] && kill "$pollpid" 2>/dev/null
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# The script L1 runs. Values are quoted with printf %q so any byte survives.
+# shellcheck disable=SC2016 # $share and $? expand in L1
+{
+	echo '#!/bin/bash'
+	printf 'share=%q\n' "$share"
+	echo ': > "$share/started"'
+	# udev usually has kvm-amd loaded already; make sure of it.
+	echo 'modprobe kvm-amd 2>/dev/null || modprobe kvm-intel 2>/dev/null'
+	echo 'if [[ ! -c /dev/kvm ]]; then'
+	echo '  echo "nested.sh: L1 has no /dev/kvm (kvm-amd did not load; is +svm in -cpu?)" >&2'
+	echo '  echo 125 > "$share/status"; exit 125'
+	echo 'fi'
+	while IFS= read -r name; do
+		case $name in
+		PATH | HOME | USER | LOGNAME | TERM | TZ | LANG | LANGUAGE | LC_* | CI | NO_COLOR | \
+			CARGO_* | RUSTUP_* | RUST_* | RUSTFLAGS | RUSTDOCFLAGS | NEXTEST_* | MICROVM_*)
+			printf 'export %s=%q\n' "$name" "${!name}" ;;
+		esac
+	done < <(compgen -e)
+	for kv in "${extra_env[@]}"; do
+		if [[ $kv == *=* ]]; then
+			printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
+		elif [[ -n ${!kv+x} ]]; then
+			printf 'export %s=%q\n' "$kv" "${!kv}"
+		fi
+	done
+	echo 'export MICROVM_BED=nested'
+	printf 'cd %q || exit 125\n' "$repo"
+	# Run COMMAND in a child so that its status is recorded however it ends.
+	printf '%q ' "$@"
+	echo
+	echo 'echo $? > "$share/status"'
+} > "$share/run.sh"
+
+# AMD SVM with nested paging for L1; the features TCG cannot emulate are turned
+# off explicitly, else QEMU warns about each of them on stderr.
+default_cpu=EPYC,+svm,+npt,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,-topoext,-nrip-save,-xsavec
+
+# Keep udev in L1 from loading drivers for q35's emulated hardware (AHCI, CD-ROM,
+# watchdogs, SMBus, input) and for CPU-accelerated crypto: every module load is
+# slow under TCG, and this cuts L1's start by 5-10 s. Nothing here is needed to
+# run KVM guests; an explicit `modprobe NAME` in L1 still works.
+noload=sr_mod,cdrom,sg,ahci,libahci,libata,iTCO_wdt,iTCO_vendor_support,intel_pmc_bxt
+noload+=,psmouse,evdev,i2c_i801,i2c_smbus,serio_raw,pcspkr,i6300esb,qemu_fw_cfg,lpc_ich
+noload+=,button,intel_rapl_msr,intel_rapl_common,crct10dif_pclmul,crc32_pclmul
+noload+=,crc32c_intel,ghash_clmulni_intel,sha512_ssse3,sha256_ssse3,sha1_ssse3,aesni_intel
+
+# --force-9p: vng otherwise first tries virtiofsd, which does not start here,
+# and loses ~3 s before falling back to 9p.
+# Writable mounts in L1 (each at the same path as on the host).
+vng_args=(--run "$kernel" --disable-kvm --force-9p --cpus "$cpus" --memory "$memory"
+	"--qemu-opts=-cpu ${MICROVM_BED_CPU:-$default_cpu}"
+	--append "modprobe.blacklist=$noload" --rwdir "$share")
+[[ -n $repo_rw ]] && vng_args+=(--rwdir "$repo")
+if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
+	[[ -n $repo_rw && $CARGO_TARGET_DIR == "$repo"/* ]] || vng_args+=(--rwdir "$CARGO_TARGET_DIR")
+fi
+for d in "${rwdirs[@]}"; do vng_args+=(--rwdir "$d"); done
+[[ -n $verbose ]] && vng_args+=(--verbose)
+
+# QEMU opens /proc/self/fd/1 and /proc/self/fd/2 anew. On a regular file that
+# truncates it and gives each stream its own offset (the streams overwrite
+# each other), so hand QEMU pipes and copy them to our stdout and stderr.
+mkfifo "$tmp/out" "$tmp/err"
+cat "$tmp/out" & opid=$!
+cat "$tmp/err" >&2 & epid=$!
+t0=$(date +%s.%N)
+if [[ -n $timing ]]; then
+	# Note when L1 starts COMMAND, by the host's clock (L1's drifts under TCG).
+	(while [[ ! -e $share/started ]]; do sleep 0.1; done; date +%s.%N >"$tmp/t1") </dev/null &
+	pollpid=$!
+fi
+# setsid: vng, its shell, virtme-run and QEMU form one process group that
+# cleanup() can stop. Explicit <&0: a background job would get /dev/null.
+PATH="$(dirname "$vng"):$PATH" setsid "$vng" "${vng_args[@]}" -- "exec /bin/bash $share/run.sh" \
+	<&0 >"$tmp/out" 2>"$tmp/err" &
+vpid=$!
+vrc=0
+wait "$vpid" || vrc=$?
+vpid=
+wait "$opid" "$epid" || true
+
+if [[ -n $timing ]]; then
+	kill "$pollpid" 2>/dev/null || true
+	wait "$pollpid" 2>/dev/null || true
+	pollpid=
+	if [[ -f $tmp/t1 ]]; then
+		echo "nested.sh: L1 reached COMMAND after $(awk -v a="$t0" -v b="$(<"$tmp/t1")" \
+			'BEGIN{printf "%.1f", b-a}') s, all took $(awk -v a="$t0" -v b="$(date +%s.%N)" \
+			'BEGIN{printf "%.1f", b-a}') s" >&2
+	fi
+fi
+if [[ -f $share/status ]]; then
+	rc=$(<"$share/status")
+	[[ $rc =~ ^[0-9]+$ ]] || die "bad status '$rc' from L1"
+	exit "$rc"
+fi
+if [[ -f $share/started ]]; then
+	die "L1 died while COMMAND was running (vng exit $vrc; kernel panic, OOM or killed?)"
+fi
+hint="; rerun with --verbose for its console"
+[[ -n $verbose ]] && hint=
+die "L1 failed to boot (vng exit $vrc$hint)"

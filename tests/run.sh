@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run). On a fresh Debian 12 machine it:
+#  1. installs what the build and the nested test bed need (tests/bed/setup.sh);
+#  2. builds the workspace, the guest kernel (cached outside the repo) and the smoke initramfs;
+#  3. runs every test that needs no Linux guest here (unit tests; tiny-guest tests on /dev/kvm);
+#  4. runs the guest-booting tests where real KVM is: directly when `microvm check` says this
+#     host runs microVMs at hardware speed, otherwise inside the nested bed (QEMU TCG + SVM +
+#     kvm-amd, tests/bed/nested.sh);
+#  5. prints one closing line "N passed, M failed" over both runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LOGS=$(mktemp -d /tmp/microvm-tests.XXXXXX)
+trap 'rm -rf "$LOGS"' EXIT
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "setup"
+tests/bed/setup.sh
+
+step "build"
+cargo build --release --workspace --bins
+KERNEL_DIR=$(kernel-config/build.sh | tail -n 1)
+INITRAMFS=$(images/build-smoke-initramfs.sh | tail -n 1)
+AGENT=$(images/build-agent.sh | tail -n 1)
+ROOTFS_DIR=$(dirname "$(images/build-test-rootfs.sh | tail -n 1)")
+export MICROVM_BIN="$ROOT/target/release/microvm"
+export MICROVM_AGENT="$AGENT"
+export MICROVM_TEST_ROOTFS_DIR="$ROOTFS_DIR"
+export MICROVM_KERNEL_DIR="$KERNEL_DIR"
+export MICROVM_SMOKE_INITRAMFS="$INITRAMFS"
+
+step "host tests (no Linux guest)"
+set +e
+cargo test --workspace --exclude guest-tests 2>&1 | tee "$LOGS/host.log"
+host_status=${PIPESTATUS[0]}
+set -e
+
+step "guest tests (Linux guests on real KVM)"
+mapfile -t GUEST_TESTS < <(cargo test -p guest-tests --tests --no-run --message-format=json 2>/dev/null \
+  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep -v '/guest_tests-')
+[ "${#GUEST_TESTS[@]}" -ge 2 ] || { echo "tests/run.sh: could not build the guest tests" >&2; exit 1; }
+# One L1 boot for all guest test binaries; each prints its own "test result:" line.
+guest_cmd=""
+for t in "${GUEST_TESTS[@]}"; do guest_cmd+="'$t' --test-threads=2; s=\$?; [ \$s = 0 ] || rc=\$s; "; done
+guest_cmd="rc=0; ${guest_cmd}exit \$rc"
+set +e
+if "$MICROVM_BIN" check >&2; then
+  echo "tests/run.sh: hardware KVM here: guests boot directly" >&2
+  bash -c "$guest_cmd" 2>&1 | tee "$LOGS/guest.log"
+  guest_status=${PIPESTATUS[0]}
+else
+  echo "tests/run.sh: no hardware KVM here: guests boot in the nested bed" >&2
+  tests/bed/nested.sh -- bash -c "$guest_cmd" 2>&1 | tee "$LOGS/guest.log"
+  guest_status=${PIPESTATUS[0]}
+fi
+set -e
+
+# One closing line over both runs, from libtest's "test result:" lines.
+read -r passed failed < <(cat "$LOGS/host.log" "$LOGS/guest.log" \
+  | sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' \
+  | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+guest_ran=$(grep -c '^test result:' "$LOGS/guest.log" || true)
+if [ "$guest_ran" = 0 ]; then
+  echo "tests/run.sh: the guest tests did not run (status $guest_status)" >&2
+  failed=$((failed + 1))
+fi
+echo "$passed passed, $failed failed"
+[ "$host_status" = 0 ] && [ "$guest_status" = 0 ] && [ "$failed" = 0 ]

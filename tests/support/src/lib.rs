@@ -1,0 +1,181 @@
+//! Helpers shared by microvm's end-to-end tests and benchmarks: a builder that runs the real
+//! `microvm` binary and kills it if a test gives up on it, and tiny hand-assembled guests.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod tiny;
+
+/// What a finished `microvm` run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The run's stderr lines that are not log lines (microvm's own messages).
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+    }
+}
+
+/// Runs `microvm` with arguments; the child is killed if still running when dropped.
+pub struct Microvm {
+    cmd: Command,
+    timeout: Duration,
+}
+
+impl Microvm {
+    pub fn new(binary: impl AsRef<Path>) -> Self {
+        let mut cmd = Command::new(binary.as_ref());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Self { cmd, timeout: Duration::from_secs(120) }
+    }
+
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.arg(a);
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, a: I) -> Self {
+        self.cmd.args(a);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Runs to completion, or panics (after killing the child) when the timeout passes.
+    pub fn run(mut self) -> Outcome {
+        let child = self.cmd.spawn().expect("spawn microvm");
+        let mut guard = ChildGuard(Some(child));
+        let deadline = Instant::now() + self.timeout;
+        let child = guard.0.as_mut().expect("child");
+        let mut out_pipe = child.stdout.take().expect("stdout");
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out_pipe.read_to_string(&mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err_pipe.read_to_string(&mut s);
+            s
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait microvm") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                drop(guard);
+                panic!("microvm did not finish within {:?}", self.timeout);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        guard.0 = None;
+        Outcome {
+            code: status.code(),
+            stdout: out.join().expect("stdout reader"),
+            stderr: err.join().expect("stderr reader"),
+        }
+    }
+}
+
+/// Kills and reaps the child if the test stops caring about it.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fresh scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("microvm-test-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `cmd` with stdin and stdout on a new pseudo-terminal of `rows` x `cols` (stderr
+/// piped), as a user's terminal would be; returns its exit code and all the terminal showed.
+pub fn run_in_pty(mut cmd: Command, rows: u16, cols: u16) -> (Option<i32>, String) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two new descriptors into `master` and `slave`; the name and
+    // termios pointers may be null, and `size` outlives the call. The result is checked.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created by openpty and are owned by nothing else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    cmd.stdin(Stdio::from(slave.try_clone().expect("dup pty")))
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn under a pty");
+    // The Command still holds our copies of the slave: drop them, or the master never sees
+    // the terminal close.
+    drop(cmd);
+    let mut master = std::fs::File::from(master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        // Reading the master ends with EIO once every slave descriptor is closed.
+        let _ = master.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let status = child.wait().expect("wait");
+    (status.code(), reader.join().expect("pty reader"))
+}
+
+/// A path the test runner (tests/run.sh) passes in the environment variable `var`; a test
+/// without it fails, naming the variable, rather than being skipped.
+pub fn input(var: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: run the guest tests through tests/run.sh"));
+    assert!(path.exists(), "{var}={} does not exist", path.display());
+    path
+}
+
+/// Process ids of running processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}

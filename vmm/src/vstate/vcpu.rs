@@ -1,0 +1,168 @@
+//! vCPUs: creation and boot state, and the run loop that routes each exit.
+//!
+//! Each vCPU runs in its own thread. The main thread kicks them with [`KICK_SIGNAL`] at a
+//! steady pace; a kicked vCPU that finds itself halted with interrupts disabled (or never
+//! started) records that it can never run again, and when all have, the guest is powered off:
+//! without ACPI that is how Linux ends `poweroff` and `halt`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    CpuId, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::x86_64::boot::KernelEntry;
+use crate::arch::x86_64::{cpuid, regs};
+use crate::devices::mmio_bus::MmioBus;
+use crate::devices::LegacyDevices;
+use crate::exit::{ExitState, VmExit};
+
+/// The real-time signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("vCPU {index}: KVM_{op}: {source}")]
+    Kvm { index: u8, op: &'static str, source: kvm_ioctls::Error },
+    #[error("vCPU {index}: {source}")]
+    Regs { index: u8, source: regs::RegsError },
+}
+
+/// What every vCPU thread shares.
+pub struct VcpuShared {
+    pub devices: LegacyDevices,
+    pub mmio: MmioBus,
+    pub exits: Arc<ExitState>,
+    /// Per vCPU: halted with interrupts off, or never started.
+    pub stopped: Vec<AtomicBool>,
+    pub start: Instant,
+    /// When the boot vCPU first entered the guest, from VMM start.
+    pub first_run: OnceLock<Duration>,
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` of `count` with its CPUID, MSRs and local APIC set.
+    pub fn new(vm: &VmFd, index: u8, count: u8, supported: &CpuId) -> Result<Self, VcpuError> {
+        let kvm_err = |op| move |source| VcpuError::Kvm { index, op, source };
+        let regs_err = |source| VcpuError::Regs { index, source };
+        let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("CREATE_VCPU"))?;
+        let mut cpuid = supported.clone();
+        cpuid::filter(cpuid.as_mut_slice(), index, count);
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("SET_CPUID2"))?;
+        regs::setup_msrs(&fd).map_err(regs_err)?;
+        regs::setup_lapic(&fd).map_err(regs_err)?;
+        Ok(Self { fd, index })
+    }
+
+    /// Registers and page tables for entering the kernel. Only the boot vCPU needs them:
+    /// the others start at the guest's INIT-SIPI-SIPI.
+    pub fn setup_boot(&self, mem: &GuestMemoryMmap, kernel: &KernelEntry) -> Result<(), VcpuError> {
+        let regs_err = |source| VcpuError::Regs { index: self.index, source };
+        regs::setup_sregs(mem, &self.fd, kernel.mode).map_err(regs_err)?;
+        regs::setup_regs(&self.fd, kernel.mode, kernel.entry).map_err(regs_err)?;
+        regs::setup_fpu(&self.fd).map_err(regs_err)
+    }
+
+    /// Runs until the VM has an exit reason.
+    pub fn run(mut self, shared: Arc<VcpuShared>) {
+        if self.index == 0 {
+            let _ = shared.first_run.set(shared.start.elapsed());
+        }
+        while !shared.exits.is_set() {
+            if let Some(exit) = self.run_once(&shared) {
+                shared.exits.set(exit);
+            }
+        }
+    }
+
+    /// One KVM_RUN and the handling of its exit; `Some` when the VM must stop.
+    fn run_once(&mut self, shared: &VcpuShared) -> Option<VmExit> {
+        let result = self.fd.run();
+        let stopped = &shared.stopped[usize::from(self.index)];
+        match result {
+            Ok(VcpuExit::IoIn(port, data)) => shared.devices.pio_read(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => shared.devices.pio_write(port, data),
+            Ok(VcpuExit::MmioRead(addr, data)) => shared.mmio.read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => shared.mmio.write(addr, data),
+            Ok(VcpuExit::Shutdown) => return Some(VmExit::TripleFault(self.dump())),
+            Ok(VcpuExit::InternalError) => {
+                return Some(VmExit::VcpuFailure(format!(
+                    "vCPU {}: KVM internal error: {}",
+                    self.index,
+                    self.dump()
+                )))
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Some(VmExit::VcpuFailure(format!(
+                    "vCPU {}: entry failed (hardware reason {reason:#x} on host CPU {cpu}): {}",
+                    self.index,
+                    self.dump()
+                )))
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) if kind == KVM_SYSTEM_EVENT_SHUTDOWN => {
+                return Some(VmExit::PowerOff)
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) if kind == KVM_SYSTEM_EVENT_RESET => {
+                return Some(VmExit::Reboot)
+            }
+            Ok(other) => {
+                let what = format!("{other:?}");
+                return Some(VmExit::VcpuFailure(format!(
+                    "vCPU {}: unexpected exit {what}: {}",
+                    self.index,
+                    self.dump()
+                )));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                stopped.store(self.can_never_run(), Ordering::SeqCst);
+                if shared.stopped.iter().all(|s| s.load(Ordering::SeqCst)) {
+                    return Some(VmExit::PowerOff);
+                }
+                return None;
+            }
+            Err(e) => {
+                return Some(VmExit::VcpuFailure(format!("vCPU {}: KVM_RUN: {e}", self.index)))
+            }
+        }
+        stopped.store(false, Ordering::Relaxed);
+        None
+    }
+
+    /// Halted with interrupts disabled, or still waiting for its startup IPI.
+    fn can_never_run(&self) -> bool {
+        const RFLAGS_IF: u64 = 1 << 9;
+        let Ok(mp) = self.fd.get_mp_state() else { return false };
+        match mp.mp_state {
+            KVM_MP_STATE_HALTED => {
+                self.fd.get_regs().map(|r| r.rflags & RFLAGS_IF == 0).unwrap_or(false)
+            }
+            KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED => true,
+            _ => false,
+        }
+    }
+
+    /// The registers worth seeing when a vCPU dies.
+    fn dump(&self) -> String {
+        let regs = self.fd.get_regs();
+        let sregs = self.fd.get_sregs();
+        match (regs, sregs) {
+            (Ok(r), Ok(s)) => format!(
+                "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+                r.rip, r.rsp, r.rflags, r.rax, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
+        }
+    }
+}
