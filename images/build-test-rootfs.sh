@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test root filesystems (directories, as a user or an OCI bundle would give them):
 #   target/images/rootfs-busybox/  Debian's busybox-static with its applets, /etc/passwd
-#                                  (root, user 1000), and a non-executable /bin/not-executable
+#                                  (root, user 1000), a non-executable /bin/not-executable,
+#                                  and showids (static) with a setuid-root copy showids-suid
 #   target/images/rootfs-dynamic/  a dynamically linked program (libc-hello) with the loader
 #                                  and the C library it needs, copied in, and nothing else
 # Prints the busybox rootfs path as the last line of stdout; everything else goes to stderr.
@@ -31,6 +32,10 @@ build_busybox() {
     printf 'root:x:0:\nuser:x:1000:\n' >"$dir/etc/group"
     printf '#!/bin/sh\necho never runs\n' >"$dir/bin/not-executable"
     chmod 0644 "$dir/bin/not-executable"
+    gcc -static -O2 -o "$dir/bin/showids" "$here/test-rootfs/showids.c"
+    cp "$dir/bin/showids" "$dir/bin/showids-suid"
+    chown 0:0 "$dir/bin/showids-suid"
+    chmod 4755 "$dir/bin/showids-suid"
     chmod 1777 "$dir/tmp"
     chown 1000:1000 "$dir/home/user"
 }

@@ -1,57 +1,65 @@
-//! Starting the container process: argv, environment and stdio from the request; in the child,
-//! between fork and exec, chroot into the container root, chdir to the request's cwd, a new
-//! session (with the terminal as its controlling terminal), then groups, gid and uid.
+//! Starting the container process, from the agent's side.
 //!
-//! std's `Command` does the fork and exec and reports an `exec` failure (or a failed setup
-//! step) as an error from `spawn`. The setup steps also write their number to a report pipe,
-//! so that a bad `cwd` is told apart from a missing command, which both fail with `ENOENT`.
+//! In the guest ([`SpawnConfig::guest`]) the agent does not fork the command itself. It starts
+//! a fresh copy of its own binary (`/proc/self/exe`, argv[0] [`sandbox::ARGV0`]) with the
+//! process's stdio and one end of a socket pair as fd 3, and sends it the OCI config. That copy,
+//! single-threaded and with a clean heap (unlike a child forked from the multi-threaded agent),
+//! builds the container as runc's `init` does: it joins the cgroup, unshares the namespaces and
+//! forks the container's PID 1, which mounts, pivots, and waits for the agent's go before it
+//! drops privileges and execs (see [`crate::sandbox`]). The intermediate copy exits, so the
+//! container process is re-parented to the agent, PID 1 of the guest, whose reaper collects it.
 //!
-//! The full namespace sandbox (namespaces, capabilities, seccomp) is not here yet.
+//! The agent registers the pid with the reaper before it says go, so the exit status of the
+//! command cannot be reaped unseen.
+//!
+//! For unit tests on the host ([`SpawnConfig::direct`]) the command is forked directly with
+//! std's `Command`: environment, cwd, a new session and the terminal, nothing else.
 
 use std::ffi::{CString, NulError};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use protocol::{ErrorKind, StartProcess};
 
 use crate::boot_timer;
 use crate::reaper::{OnExit, Reaper};
+use crate::sandbox::channel::{Channel, FromContainer, ToContainer, CHANNEL_FD};
+use crate::sandbox::ARGV0;
 use crate::stdio::{open_pty, StdinSink, StdioError};
 
-/// How much of the sandbox to apply; the guest applies all of it, unit tests none.
+/// How long building a container may take before the agent gives up on it.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the process is started.
 #[derive(Debug, Clone)]
 pub struct SpawnConfig {
-    /// chroot into this directory before `exec`.
-    pub root: Option<PathBuf>,
-    /// Switch to the request's uid, gid and additional gids.
-    pub switch_identity: bool,
+    /// Build the container as the spec says (namespaces, mounts, identity, seccomp).
+    pub sandbox: bool,
     /// Tell the VMM's boot timer that the process is about to start.
     pub boot_timer: bool,
 }
 
 impl SpawnConfig {
-    /// As in the guest: chrooted into `root`, as the requested user.
-    pub fn guest(root: impl Into<PathBuf>) -> Self {
+    /// As in the guest: the full sandbox.
+    pub fn guest() -> Self {
         SpawnConfig {
-            root: Some(root.into()),
-            switch_identity: true,
+            sandbox: true,
             boot_timer: true,
         }
     }
 
-    /// No chroot, no identity change, no I/O port: for unit tests on the host.
+    /// No sandbox, no I/O port: for unit tests on the host.
     #[cfg(test)]
-    pub fn unsandboxed() -> Self {
+    pub fn direct() -> Self {
         SpawnConfig {
-            root: None,
-            switch_identity: false,
+            sandbox: false,
             boot_timer: false,
         }
     }
@@ -61,6 +69,8 @@ impl SpawnConfig {
 #[derive(Debug)]
 pub struct Spawned {
     pub pid: u32,
+    /// How long building the container took (zero without a sandbox).
+    pub setup: Duration,
     /// The terminal's master, when the process has a terminal.
     pub terminal: Option<OwnedFd>,
     /// Where the host's stdin goes, when the host will send any.
@@ -71,52 +81,36 @@ pub struct Spawned {
     pub stderr: Option<OwnedFd>,
 }
 
-/// A setup step in the child, between fork and exec.
+/// A setup step of the direct path, between fork and exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Step {
-    Chroot = 1,
-    Chdir,
+    Chdir = 1,
     Setsid,
     ControllingTerminal,
-    Setgroups,
-    Setgid,
-    Setuid,
 }
 
 impl Step {
-    const ALL: [Step; 7] = [
-        Step::Chroot,
-        Step::Chdir,
-        Step::Setsid,
-        Step::ControllingTerminal,
-        Step::Setgroups,
-        Step::Setgid,
-        Step::Setuid,
-    ];
-
     fn from_byte(byte: u8) -> Option<Step> {
-        Step::ALL.into_iter().find(|step| *step as u8 == byte)
+        [Step::Chdir, Step::Setsid, Step::ControllingTerminal]
+            .into_iter()
+            .find(|step| *step as u8 == byte)
     }
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Step::Chroot => "chroot into the container root",
             Step::Chdir => "chdir to the working directory",
             Step::Setsid => "setsid",
             Step::ControllingTerminal => "make the terminal the controlling terminal",
-            Step::Setgroups => "setgroups",
-            Step::Setgid => "setgid",
-            Step::Setuid => "setuid",
         })
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("start process: no command (args is empty)")]
+    #[error("start process: no command (process.args is empty)")]
     NoArgs,
     #[error("start process: {what} holds a NUL byte")]
     Nul {
@@ -132,14 +126,22 @@ pub enum SpawnError {
         what: &'static str,
         source: io::Error,
     },
-    #[error("start {program}: {what}: {source}")]
+    #[error("start {program}: {step} {cwd:?}: {source}")]
     Setup {
         program: String,
         step: Step,
-        /// The step, with what it worked on.
-        what: String,
+        cwd: String,
         source: io::Error,
     },
+    #[error("start {program}: build the container: {step}: {message}")]
+    Container {
+        program: String,
+        step: String,
+        message: String,
+        invalid_request: bool,
+    },
+    #[error("start {program}: the container setup process: {source}")]
+    Channel { program: String, source: io::Error },
     #[error("{program}: {source}")]
     Exec { program: String, source: io::Error },
 }
@@ -151,13 +153,19 @@ impl SpawnError {
             SpawnError::NoArgs | SpawnError::Nul { .. } | SpawnError::BadEnv(_) => {
                 ErrorKind::InvalidRequest
             }
-            SpawnError::Setup {
+            SpawnError::Container {
+                invalid_request: true,
+                ..
+            }
+            | SpawnError::Setup {
                 step: Step::Chdir, ..
             } => ErrorKind::InvalidRequest,
             SpawnError::Exec { source, .. } => ErrorKind::from_exec_error(source),
-            SpawnError::Stdio(_) | SpawnError::Fd { .. } | SpawnError::Setup { .. } => {
-                ErrorKind::Other
-            }
+            SpawnError::Stdio(_)
+            | SpawnError::Fd { .. }
+            | SpawnError::Setup { .. }
+            | SpawnError::Container { .. }
+            | SpawnError::Channel { .. } => ErrorKind::Other,
         }
     }
 }
@@ -169,111 +177,259 @@ pub fn spawn(
     reaper: &Reaper,
     on_exit: OnExit,
 ) -> Result<Spawned, SpawnError> {
-    let program = request.args.first().ok_or(SpawnError::NoArgs)?;
-    let mut command = Command::new(program);
-    command.args(&request.args[1..]).env_clear();
-    for entry in &request.env {
-        match entry.split_once('=') {
-            Some((key, value)) if !key.is_empty() => command.env(key, value),
-            _ => return Err(SpawnError::BadEnv(entry.clone())),
-        };
+    let process = request.process();
+    let args = process.args().clone().unwrap_or_default();
+    let env = process.env().clone().unwrap_or_default();
+    let program = args.first().ok_or(SpawnError::NoArgs)?.clone();
+    check_no_nul("args", &args)?;
+    check_no_nul("env", &env)?;
+    for entry in &env {
+        if !matches!(entry.split_once('='), Some((key, _)) if !key.is_empty()) {
+            return Err(SpawnError::BadEnv(entry.clone()));
+        }
     }
-    check_no_nul("args", &request.args)?;
-    check_no_nul("env", &request.env)?;
 
+    let mut command = if config.sandbox {
+        let mut command = Command::new("/proc/self/exe");
+        command.arg0(ARGV0).env_clear();
+        command
+    } else {
+        let mut command = Command::new(&program);
+        command.args(&args[1..]).env_clear();
+        for (key, value) in env.iter().filter_map(|e| e.split_once('=')) {
+            command.env(key, value);
+        }
+        command
+    };
+    let stdio = attach_stdio(&mut command, request)?;
+
+    if config.sandbox {
+        start_sandboxed(command, request, &program, stdio, config, reaper, on_exit)
+    } else {
+        start_direct(command, request, &program, stdio, reaper, on_exit)
+    }
+}
+
+/// The agent's ends of the process's stdio, before the process runs.
+struct AgentStdio {
+    /// (master, its copy for stdout, its copy for stdin) with a terminal.
+    terminal: Option<(OwnedFd, OwnedFd, Option<StdinSink>)>,
+}
+
+/// Gives `command` the process's stdio: a terminal's slave, or pipes (stdin from /dev/null
+/// unless the host sends some).
+fn attach_stdio(command: &mut Command, request: &StartProcess) -> Result<AgentStdio, SpawnError> {
+    let Some(size) = request.terminal else {
+        let stdin = if request.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        command
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        return Ok(AgentStdio { terminal: None });
+    };
+    // Everything is made before the process starts, so that nothing can fail once it runs.
+    let pty = open_pty(size)?;
+    let slave = || dup(&pty.slave, "duplicate the terminal").map(Stdio::from);
+    command.stdin(slave()?).stdout(slave()?).stderr(slave()?);
+    let output = dup(&pty.master, "duplicate the terminal")?;
+    let input = request
+        .stdin
+        .then(|| dup(&pty.master, "duplicate the terminal").map(StdinSink::terminal))
+        .transpose()?;
+    Ok(AgentStdio {
+        terminal: Some((pty.master, output, input)),
+    })
+}
+
+/// The guest path: see the module documentation.
+fn start_sandboxed(
+    mut command: Command,
+    request: &StartProcess,
+    program: &str,
+    stdio: AgentStdio,
+    config: &SpawnConfig,
+    reaper: &Reaper,
+    on_exit: OnExit,
+) -> Result<Spawned, SpawnError> {
+    let channel_error = |source| SpawnError::Channel {
+        program: program.to_owned(),
+        source,
+    };
+    let (agent_end, child_end) = UnixStream::pair().map_err(|source| SpawnError::Fd {
+        what: "create the container channel",
+        source,
+    })?;
+    agent_end
+        .set_read_timeout(Some(SETUP_TIMEOUT))
+        .map_err(channel_error)?;
+    let mut channel = Channel::new(agent_end).map_err(channel_error)?;
+    let child_fd = child_end.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2 and fcntl,
+    // which are async-signal-safe, on a descriptor that stays open until spawn returns.
+    unsafe { command.pre_exec(move || place_channel(child_fd)) };
+
+    let started = Instant::now();
+    let setup = ToContainer::Setup {
+        spec: request.spec.clone(),
+        init: request.init,
+        terminal: request.terminal.is_some(),
+    };
+    let (pid, mut child) = reaper.spawn_watched(
+        || {
+            let child = command.spawn().map_err(|source| SpawnError::Fd {
+                what: "start the container setup process",
+                source,
+            })?;
+            channel.send(&setup).map_err(channel_error)?;
+            // The pid (from the setup process) and ready (from the container) race.
+            let (mut pid, mut ready) = (None, false);
+            while pid.is_none() || !ready {
+                match channel.recv().map_err(channel_error)? {
+                    Some(FromContainer::Pid(p)) if pid.is_none() => pid = Some(p),
+                    Some(FromContainer::Ready) if !ready => ready = true,
+                    other => return Err(unexpected(program, other)),
+                }
+            }
+            let pid = pid.unwrap_or_default();
+            Ok((pid, (pid, child)))
+        },
+        on_exit,
+    )?;
+    let setup = started.elapsed();
+    // The setup process exits by itself and the reaper collects it; `child` only holds the
+    // agent's ends of the pipes.
+    let spawned = spawned(pid, setup, stdio, &mut child)?;
+    drop(command);
+    drop(child_end);
+
+    if config.boot_timer {
+        signal_boot_timer();
+    }
+    channel.send(&ToContainer::Go).map_err(channel_error)?;
+    // End of stream: execve succeeded and closed the container's end.
+    match channel.recv().map_err(channel_error)? {
+        None => {}
+        other => return Err(unexpected(program, other)),
+    }
+    Ok(spawned)
+}
+
+/// In the setup process's child, before exec: the channel becomes fd 3, kept across exec.
+fn place_channel(fd: RawFd) -> io::Result<()> {
+    if fd == CHANNEL_FD {
+        // dup2 onto itself would keep close-on-exec; clear it instead.
+        // SAFETY: fcntl on a descriptor this process holds.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 of a descriptor this process holds; the copy has no close-on-exec flag.
+    if unsafe { libc::dup2(fd, CHANNEL_FD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A message out of turn, a failure report, or the end of the stream, as an error.
+fn unexpected(program: &str, message: Option<FromContainer>) -> SpawnError {
+    match message {
+        Some(FromContainer::Failed {
+            errno,
+            exec: true,
+            message,
+            ..
+        }) => SpawnError::Exec {
+            program: program.to_owned(),
+            source: errno.map_or_else(|| io::Error::other(message), io::Error::from_raw_os_error),
+        },
+        Some(FromContainer::Failed {
+            step,
+            message,
+            invalid_request,
+            ..
+        }) => SpawnError::Container {
+            program: program.to_owned(),
+            step,
+            message,
+            invalid_request,
+        },
+        Some(other) => SpawnError::Channel {
+            program: program.to_owned(),
+            source: io::Error::other(format!("unexpected {other:?}")),
+        },
+        None => SpawnError::Channel {
+            program: program.to_owned(),
+            source: io::Error::other("exited without a word"),
+        },
+    }
+}
+
+/// The host-test path: std's `Command` forks and execs the command itself.
+fn start_direct(
+    mut command: Command,
+    request: &StartProcess,
+    program: &str,
+    stdio: AgentStdio,
+    reaper: &Reaper,
+    on_exit: OnExit,
+) -> Result<Spawned, SpawnError> {
     let (report_read, report_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Fd {
             what: "create the setup-report pipe",
             source: e.into(),
         })?;
-    let setup = ChildSetup::new(request, config, report_write.as_raw_fd())?;
-
-    // With a terminal: (master, its copy for stdout, its copy for stdin), all made before the
-    // process starts, so that nothing can fail once it runs.
-    let mut terminal = None;
-    if let Some(size) = request.terminal {
-        let pty = open_pty(size)?;
-        let slave = || dup(&pty.slave, "duplicate the terminal").map(Stdio::from);
-        command.stdin(slave()?).stdout(slave()?).stderr(slave()?);
-        let output = dup(&pty.master, "duplicate the terminal")?;
-        let input = request
-            .stdin
-            .then(|| dup(&pty.master, "duplicate the terminal").map(StdinSink::terminal))
-            .transpose()?;
-        terminal = Some((pty.master, output, input));
-    } else {
-        command
-            .stdin(if request.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-    }
-    // SAFETY: the closure runs in the forked child before exec. ChildSetup::run only makes
-    // async-signal-safe system calls (chroot, chdir, setsid, ioctl, setgroups, setgid, setuid,
-    // write) on data prepared before the fork, and neither allocates nor takes locks.
-    unsafe { command.pre_exec(move || setup.run()) };
-
-    if config.boot_timer {
-        // Best effort: a VMM without the boot timer still runs the process.
-        if let Err(error) = boot_timer::signal(boot_timer::PROCESS_STARTING) {
-            eprintln!("microvm-agent: warning: {error}");
+    let report = report_write.as_raw_fd();
+    let controlling_terminal = request.terminal.is_some();
+    let cwd = request.process().cwd().display().to_string();
+    let cwd_c = CString::new(cwd.as_bytes()).map_err(|source| SpawnError::Nul {
+        what: "cwd",
+        source,
+    })?;
+    let setup = move || {
+        // SAFETY: cwd_c is a NUL-terminated string that outlives the call.
+        check(report, Step::Chdir, unsafe { libc::chdir(cwd_c.as_ptr()) })?;
+        // SAFETY: setsid takes no arguments.
+        check(report, Step::Setsid, unsafe { libc::setsid() })?;
+        if controlling_terminal {
+            // SAFETY: TIOCSCTTY takes an integer (0: do not steal); fd 0 is the slave.
+            let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+            check(report, Step::ControllingTerminal, rc)?;
         }
-    }
-    let spawned =
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe calls setsid, ioctl and write, without allocating.
+    unsafe { command.pre_exec(setup) };
+    let started =
         reaper.spawn_watched(|| command.spawn().map(|child| (child.id(), child)), on_exit);
-    // The agent keeps no copy of the terminal's slave or of the report pipe's write end.
     drop(command);
     drop(report_write);
-    let mut child = match spawned {
+    let mut child = match started {
         Ok(child) => child,
-        Err(source) => return Err(classify(program, &request.cwd, report_read, source)),
+        Err(source) => return Err(classify(program, &cwd, report_read, source)),
     };
-
-    let pid = child.id();
-    // The reaper, not `child`, waits for the process; dropping a Child does not wait.
-    let spawned = match terminal {
-        Some((master, stdout, stdin)) => Spawned {
-            pid,
-            terminal: Some(master),
-            stdin,
-            stdout,
-            stderr: None,
-        },
-        None => Spawned {
-            pid,
-            terminal: None,
-            stdin: child.stdin.take().map(|s| StdinSink::pipe(s.into())),
-            // Always there: stdout was set to Stdio::piped() above.
-            stdout: child
-                .stdout
-                .take()
-                .map(OwnedFd::from)
-                .ok_or(SpawnError::Fd {
-                    what: "take the stdout pipe",
-                    source: io::ErrorKind::NotFound.into(),
-                })?,
-            stderr: child.stderr.take().map(OwnedFd::from),
-        },
-    };
-    Ok(spawned)
+    spawned(child.id(), Duration::ZERO, stdio, &mut child)
 }
 
-fn dup(fd: &OwnedFd, what: &'static str) -> Result<OwnedFd, SpawnError> {
-    fd.try_clone()
-        .map_err(|source| SpawnError::Fd { what, source })
-}
-
-fn check_no_nul(what: &'static str, strings: &[String]) -> Result<(), SpawnError> {
-    for s in strings {
-        CString::new(s.as_bytes()).map_err(|source| SpawnError::Nul { what, source })?;
+/// Turns a failed call (-1) into its error, and reports the step first.
+fn check(report: RawFd, step: Step, rc: libc::c_int) -> io::Result<()> {
+    if rc != -1 {
+        return Ok(());
     }
-    Ok(())
+    let error = io::Error::last_os_error(); // before write() can change errno
+    let byte = step as u8;
+    // SAFETY: write(2) of one byte from a live local to the report pipe's write end, which the
+    // parent keeps open until spawn returns.
+    unsafe { libc::write(report, std::ptr::from_ref(&byte).cast(), 1) };
+    Err(error)
 }
 
-/// A failed spawn: a setup step (it left its number in the report pipe) or exec itself.
+/// A failed direct spawn: a setup step (it left its number in the report pipe) or exec.
 fn classify(program: &str, cwd: &str, report: OwnedFd, source: io::Error) -> SpawnError {
     let mut byte = [0u8; 1];
     // Every write end is closed (the child is gone, ours was dropped): this cannot block.
@@ -282,10 +438,7 @@ fn classify(program: &str, cwd: &str, report: OwnedFd, source: io::Error) -> Spa
             Some(step) => SpawnError::Setup {
                 program: program.to_owned(),
                 step,
-                what: match step {
-                    Step::Chdir => format!("{step} {cwd:?}"),
-                    _ => step.to_string(),
-                },
+                cwd: cwd.to_owned(),
                 source,
             },
             None => SpawnError::Exec {
@@ -300,126 +453,57 @@ fn classify(program: &str, cwd: &str, report: OwnedFd, source: io::Error) -> Spa
     }
 }
 
-/// Everything the child needs between fork and exec, prepared before the fork.
-struct ChildSetup {
-    root: Option<CString>,
-    cwd: CString,
-    controlling_terminal: bool,
-    /// (uid, gid, additional gids)
-    identity: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
-    report: RawFd,
+/// Puts the pieces together: the terminal's master and its copies, or the pipes `Command`
+/// made for the process (or for the setup process, whose stdio the container inherits).
+fn spawned(
+    pid: u32,
+    setup: Duration,
+    stdio: AgentStdio,
+    child: &mut Child,
+) -> Result<Spawned, SpawnError> {
+    if let Some((master, stdout, stdin)) = stdio.terminal {
+        return Ok(Spawned {
+            pid,
+            setup,
+            terminal: Some(master),
+            stdin,
+            stdout,
+            stderr: None,
+        });
+    }
+    Ok(Spawned {
+        pid,
+        setup,
+        terminal: None,
+        stdin: child.stdin.take().map(|s| StdinSink::pipe(s.into())),
+        // Always there: stdout was set to Stdio::piped().
+        stdout: child
+            .stdout
+            .take()
+            .map(OwnedFd::from)
+            .ok_or(SpawnError::Fd {
+                what: "take the stdout pipe",
+                source: io::ErrorKind::NotFound.into(),
+            })?,
+        stderr: child.stderr.take().map(OwnedFd::from),
+    })
 }
 
-impl ChildSetup {
-    fn new(
-        request: &StartProcess,
-        config: &SpawnConfig,
-        report: RawFd,
-    ) -> Result<Self, SpawnError> {
-        let nul = |what| move |source| SpawnError::Nul { what, source };
-        let root = config
-            .root
-            .as_ref()
-            .map(|root| CString::new(root.as_os_str().as_bytes()))
-            .transpose()
-            .map_err(nul("container root"))?;
-        let cwd = if request.cwd.is_empty() {
-            "/"
-        } else {
-            &request.cwd
-        };
-        Ok(ChildSetup {
-            root,
-            cwd: CString::new(cwd).map_err(nul("cwd"))?,
-            controlling_terminal: request.terminal.is_some(),
-            identity: config
-                .switch_identity
-                .then(|| (request.uid, request.gid, request.additional_gids.clone())),
-            report,
-        })
-    }
-
-    /// In the child: the setup steps in order. Async-signal-safe only (no allocation).
-    fn run(&self) -> io::Result<()> {
-        if let Some(root) = &self.root {
-            // SAFETY: root is a NUL-terminated string that outlives the call.
-            self.check(Step::Chroot, unsafe { libc::chroot(root.as_ptr()) })?;
-            // SAFETY: a static NUL-terminated string.
-            self.check(Step::Chroot, unsafe { libc::chdir(c"/".as_ptr()) })?;
-        }
-        // SAFETY: cwd is a NUL-terminated string that outlives the call.
-        self.check(Step::Chdir, unsafe { libc::chdir(self.cwd.as_ptr()) })?;
-        // SAFETY: setsid takes no arguments.
-        self.check(Step::Setsid, unsafe { libc::setsid() })?;
-        if self.controlling_terminal {
-            // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal); fd 0 is the
-            // terminal's slave, put there by Command before this runs.
-            let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-            self.check(Step::ControllingTerminal, rc)?;
-        }
-        if let Some((uid, gid, groups)) = &self.identity {
-            // SAFETY: the pointer and length describe the live `groups` vector.
-            let rc = unsafe { libc::setgroups(groups.len(), groups.as_ptr()) };
-            self.check(Step::Setgroups, rc)?;
-            // SAFETY: plain integer arguments.
-            self.check(Step::Setgid, unsafe { libc::setgid(*gid) })?;
-            // SAFETY: plain integer arguments.
-            self.check(Step::Setuid, unsafe { libc::setuid(*uid) })?;
-        }
-        Ok(())
-    }
-
-    /// Turns a failed call (-1) into its error, and reports the step first.
-    fn check(&self, step: Step, rc: libc::c_int) -> io::Result<()> {
-        if rc != -1 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error(); // before write() can change errno
-        let byte = step as u8;
-        // SAFETY: write(2) of one byte from a live local to the report pipe's write end, which
-        // the parent keeps open until spawn returns.
-        unsafe { libc::write(self.report, std::ptr::from_ref(&byte).cast(), 1) };
-        Err(error)
+fn signal_boot_timer() {
+    // Best effort: a VMM without the boot timer still runs the process.
+    if let Err(error) = boot_timer::signal(boot_timer::PROCESS_STARTING) {
+        eprintln!("microvm-agent: warning: {error}");
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
-mod tests {
-    use super::*;
+fn dup(fd: &OwnedFd, what: &'static str) -> Result<OwnedFd, SpawnError> {
+    fd.try_clone()
+        .map_err(|source| SpawnError::Fd { what, source })
+}
 
-    #[test]
-    fn steps_round_trip_through_the_report_byte() {
-        for step in Step::ALL {
-            assert_eq!(Step::from_byte(step as u8), Some(step));
-        }
-        assert_eq!(Step::from_byte(0), None);
+fn check_no_nul(what: &'static str, strings: &[String]) -> Result<(), SpawnError> {
+    for s in strings {
+        CString::new(s.as_bytes()).map_err(|source| SpawnError::Nul { what, source })?;
     }
-
-    #[test]
-    fn error_kinds() {
-        let enoent = || io::Error::from_raw_os_error(libc::ENOENT);
-        let exec = |source| SpawnError::Exec {
-            program: "x".into(),
-            source,
-        };
-        assert_eq!(exec(enoent()).kind(), ErrorKind::NotFound);
-        assert_eq!(
-            exec(io::Error::from_raw_os_error(libc::EACCES)).kind(),
-            ErrorKind::NotExecutable
-        );
-        let setup = |step| SpawnError::Setup {
-            program: "x".into(),
-            step,
-            what: "chdir to the working directory \"/nope\"".into(),
-            source: enoent(),
-        };
-        assert_eq!(setup(Step::Chdir).kind(), ErrorKind::InvalidRequest);
-        assert_eq!(setup(Step::Setuid).kind(), ErrorKind::Other);
-        assert_eq!(SpawnError::NoArgs.kind(), ErrorKind::InvalidRequest);
-        assert_eq!(
-            setup(Step::Chdir).to_string(),
-            "start x: chdir to the working directory \"/nope\": No such file or directory (os error 2)"
-        );
-    }
+    Ok(())
 }

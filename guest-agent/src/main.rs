@@ -1,10 +1,11 @@
 //! `/init` of the microVM: the guest agent, PID 1.
 //!
 //! 1. Tells the VMM's boot timer that init runs (byte 123 to I/O port 0x3f0), first of all.
-//! 2. Mounts /proc, /sys, /dev, /dev/pts, /dev/shm and /run.
-//! 3. Mounts the container image (/dev/vda) and the root the process runs in: an overlay with a
-//!    tmpfs upper dir, or read-only with `microvm.readonly` on the kernel command line; then
-//!    proc, sysfs and /dev inside it.
+//! 2. Moves its root from the initramfs onto a tmpfs (so containers can pivot_root), then
+//!    mounts /proc, /sys, the cgroup2 hierarchy, /dev, /dev/pts, /dev/shm and /run.
+//! 3. Mounts the container image (/dev/vda) and the root the container is built on: an overlay
+//!    with a tmpfs upper dir, or read-only with `microvm.readonly` on the kernel command line.
+//!    The container's own /proc, /dev and the rest are its setup's business ([`sandbox`]).
 //! 4. Starts the reaper, which collects every child that exits (PID 1's duty).
 //! 5. Listens on vsock: the control port, and the stdin/stdout/stderr ports, whose connections
 //!    each get a thread.
@@ -25,11 +26,11 @@ mod mounts;
 mod power;
 mod process;
 mod reaper;
+mod sandbox;
 mod server;
 mod stdio;
 mod vsock;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use protocol::{AGENT_CONTROL_PORT, AGENT_STDERR_PORT, AGENT_STDIN_PORT, AGENT_STDOUT_PORT};
@@ -53,6 +54,13 @@ enum AgentError {
 }
 
 fn main() {
+    // The same binary builds containers, started by the agent under another name.
+    if std::env::args_os()
+        .next()
+        .is_some_and(|arg0| arg0 == sandbox::ARGV0)
+    {
+        sandbox::main();
+    }
     // 1. Before anything else: the boot timer measures the time to reach init.
     if let Err(error) = boot_timer::signal(boot_timer::INIT_RUNNING) {
         warn(&error);
@@ -65,23 +73,17 @@ fn main() {
 
 fn run() -> Result<(), AgentError> {
     // 2. and 3.
+    mounts::enter_tmpfs_root()?;
     mounts::mount_pseudo_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     mounts::mount_rootfs(mounts::readonly_requested(&cmdline))?;
-    for skipped in mounts::mount_container_filesystems(Path::new(mounts::ROOTFS))? {
-        warn(&format_args!("skipped: {skipped}"));
-    }
 
     // 4.
     let reaper = reaper::start()?;
 
     // 5.
     let version = concat!("guest-agent ", env!("CARGO_PKG_VERSION"));
-    let agent = Arc::new(Agent::new(
-        SpawnConfig::guest(mounts::ROOTFS),
-        reaper,
-        version,
-    ));
+    let agent = Arc::new(Agent::new(SpawnConfig::guest(), reaper, version));
     let control = VsockListener::bind(AGENT_CONTROL_PORT)?;
     for port in [AGENT_STDIN_PORT, AGENT_STDOUT_PORT, AGENT_STDERR_PORT] {
         let listener = VsockListener::bind(port)?;

@@ -1,12 +1,11 @@
-//! What the agent mounts at boot, in order:
-//! 1. its own pseudo filesystems: /proc, /sys, /dev (devtmpfs), /dev/pts (a private devpts
+//! What the agent mounts at boot, in order, once its root has moved off the initramfs onto a
+//! tmpfs ([`enter_tmpfs_root`]):
+//! 1. its own pseudo filesystems: /proc, /sys, /sys/fs/cgroup, /dev (devtmpfs), /dev/pts (a private devpts
 //!    instance), /dev/shm and /run (tmpfs) — [`mount_pseudo_filesystems`];
 //! 2. the container image, the block device [`ROOTFS_DEVICE`] (erofs, or ext4), read-only on
 //!    [`ROOTFS_LOWER`], and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live
 //!    on a tmpfs (writes stay in guest memory), or with `microvm.readonly` on the kernel command
 //!    line a read-only bind — [`mount_rootfs`];
-//! 3. inside [`ROOTFS`], what the process sees: proc, sysfs, and the agent's /dev (with pts
-//!    and shm) bound recursively — [`mount_container_filesystems`].
 
 use std::io;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
@@ -27,6 +26,8 @@ pub const ROOTFS: &str = "/rootfs";
 /// The kernel parameter that asks for a read-only root. Parameters with a dot stay out of
 /// init's environment, so it is read from /proc/cmdline.
 pub const READONLY_PARAM: &str = "microvm.readonly";
+/// Where the agent's tmpfs root is mounted before it is moved onto `/`.
+const NEW_ROOT: &str = "/newroot";
 /// How long to wait for [`ROOTFS_DEVICE`] to appear in devtmpfs.
 const DEVICE_WAIT: Duration = Duration::from_secs(2);
 
@@ -115,6 +116,8 @@ pub fn pseudo_filesystems() -> Vec<Mount> {
     vec![
         Mount::new("proc", "/proc", "proc"),
         Mount::new("sysfs", "/sys", "sysfs"),
+        // Containers' cgroups live under this (guest) root cgroup.
+        Mount::new("cgroup2", "/sys/fs/cgroup", "cgroup2"),
         Mount::new("devtmpfs", "/dev", "devtmpfs")
             .flags(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)
             .data("mode=0755"),
@@ -222,33 +225,25 @@ fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
     )
 }
 
-/// What the container process sees under `root`: proc, sysfs (read-only) and the agent's /dev,
-/// bound recursively so that /dev/pts and /dev/shm come along.
-pub fn container_filesystems(root: &Path) -> Vec<Mount> {
-    let no_exec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    vec![
-        Mount::new("proc", root.join("proc"), "proc"),
-        Mount::new("sysfs", root.join("sys"), "sysfs").flags(no_exec | MsFlags::MS_RDONLY),
-        Mount::new("/dev", root.join("dev"), "none").flags(MsFlags::MS_BIND | MsFlags::MS_REC),
-    ]
-}
-
-/// Step 3: mounts [`container_filesystems`] in `root`. A mount point that the image lacks and a
-/// read-only root cannot get is skipped; the skipped mounts are returned, for a warning.
-pub fn mount_container_filesystems(root: &Path) -> Result<Vec<MountError>, MountError> {
-    let mut skipped = Vec::new();
-    for fs in container_filesystems(root) {
-        match fs.mount() {
-            Ok(()) => {}
-            Err(MountError::CreateDir { path, source })
-                if source.raw_os_error() == Some(libc::EROFS) =>
-            {
-                skipped.push(MountError::CreateDir { path, source });
-            }
-            Err(other) => return Err(other),
-        }
-    }
-    Ok(skipped)
+/// Step 0: moves the root off the initramfs onto a fresh tmpfs, as switch_root does (without
+/// deleting anything: the agent's binary stays reachable through /proc/self/exe). pivot_root(2)
+/// refuses to move a root that has no parent mount, which the initramfs is; a tmpfs moved
+/// over it has one, so containers can pivot_root away from the agent's root.
+pub fn enter_tmpfs_root() -> Result<(), MountError> {
+    let target = Path::new(NEW_ROOT);
+    Mount::new("tmpfs", target, "tmpfs")
+        .flags(MsFlags::empty())
+        .data("mode=0755")
+        .mount()?;
+    let step = |source| MountError::Mount {
+        fstype: "move",
+        path: target.to_owned(),
+        source,
+    };
+    nix::unistd::chdir(target).map_err(step)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(step)?;
+    nix::unistd::chroot(".").map_err(step)?;
+    nix::unistd::chdir("/").map_err(step)
 }
 
 #[cfg(test)]
@@ -259,9 +254,17 @@ mod tests {
     #[test]
     fn pseudo_filesystems_mount_parents_first() {
         let targets: Vec<_> = pseudo_filesystems().into_iter().map(|m| m.target).collect();
-        let expected = ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run"];
+        let expected = [
+            "/proc",
+            "/sys",
+            "/sys/fs/cgroup",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/run",
+        ];
         assert_eq!(targets, expected.map(PathBuf::from));
-        let devpts = &pseudo_filesystems()[3];
+        let devpts = &pseudo_filesystems()[4];
         let data = devpts.data.as_deref().unwrap();
         assert!(data.contains("newinstance") && data.contains("ptmxmode=0666"));
     }
@@ -282,17 +285,6 @@ mod tests {
             overlay_options(Path::new(ROOTFS_LOWER), &rw.join("upper"), &rw.join("work")),
             "lowerdir=/rootfs-ro,upperdir=/rootfs-rw/upper,workdir=/rootfs-rw/work"
         );
-    }
-
-    #[test]
-    fn container_gets_proc_sys_and_dev_inside_its_root() {
-        let mounts = container_filesystems(Path::new(ROOTFS));
-        let targets: Vec<_> = mounts.iter().map(|m| m.target.clone()).collect();
-        assert_eq!(
-            targets,
-            ["/rootfs/proc", "/rootfs/sys", "/rootfs/dev"].map(PathBuf::from)
-        );
-        assert!(mounts[2].flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
     }
 
     #[test]

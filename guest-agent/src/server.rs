@@ -183,6 +183,7 @@ impl Agent {
         let spawned = container::spawn(start, &self.config, self.reaper, on_exit)
             .map_err(|e| error(e.kind(), e.to_string()))?;
         let pid = spawned.pid;
+        let setup_micros = u64::try_from(spawned.setup.as_micros()).unwrap_or(u64::MAX);
         *slot = Some(Arc::new(Process::new(
             pid,
             exit,
@@ -191,7 +192,7 @@ impl Agent {
             spawned.stdout,
             spawned.stderr,
         )));
-        Ok(Response::ProcessStarted { pid })
+        Ok(Response::ProcessStarted { pid, setup_micros })
     }
 
     fn signal(&self, pid: u32, signal: i32) -> Result<Response, Response> {
@@ -364,7 +365,6 @@ impl<R, W: Write> Write for Duplex<'_, R, W> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixStream;
-    use std::path::Path;
     use std::thread::JoinHandle;
     use std::time::Duration;
 
@@ -386,7 +386,7 @@ mod tests {
 
     impl Host {
         fn connect() -> Self {
-            Self::connect_with(SpawnConfig::unsandboxed())
+            Self::connect_with(SpawnConfig::direct())
         }
 
         fn connect_with(config: SpawnConfig) -> Self {
@@ -434,7 +434,7 @@ mod tests {
 
         fn start(&mut self, start: StartProcess) -> Result<u32, (ErrorKind, String)> {
             match self.request(Request::StartProcess(start)) {
-                Response::ProcessStarted { pid } => Ok(pid),
+                Response::ProcessStarted { pid, .. } => Ok(pid),
                 Response::Error { kind, message } => Err((kind, message)),
                 other => panic!("unexpected {other:?}"),
             }
@@ -480,16 +480,12 @@ mod tests {
     }
 
     fn process(args: &[&str]) -> StartProcess {
-        StartProcess {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            env: vec![PATH.to_owned()],
-            cwd: "/".to_owned(),
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-            terminal: None,
-            stdin: false,
-        }
+        StartProcess::command(args, &[PATH])
+    }
+
+    /// The spec's process, to change in a test.
+    fn process_mut(start: &mut StartProcess) -> &mut oci_spec::runtime::Process {
+        start.spec.process_mut().as_mut().unwrap()
     }
 
     fn read_all(mut conn: UnixStream) -> Vec<u8> {
@@ -500,7 +496,7 @@ mod tests {
 
     /// Runs `start` without stdin: (status, stdout, stderr).
     fn run(start: StartProcess) -> (ExitStatusWire, String, String) {
-        run_with(SpawnConfig::unsandboxed(), start)
+        run_with(SpawnConfig::direct(), start)
     }
 
     fn run_with(config: SpawnConfig, start: StartProcess) -> (ExitStatusWire, String, String) {
@@ -549,8 +545,9 @@ mod tests {
             "-c",
             "echo \"$GREETING\" \"$(pwd)\"; echo oops >&2",
         ]);
-        start.env.push("GREETING=hi=there".into());
-        start.cwd = "/tmp".into();
+        let process = process_mut(&mut start);
+        process.set_env(Some(vec![PATH.into(), "GREETING=hi=there".into()]));
+        process.set_cwd("/tmp".into());
         let (status, out, err) = run(start);
         assert_eq!(status, ExitStatusWire::Exited(0));
         assert_eq!(out, "hi=there /tmp\n");
@@ -619,7 +616,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
 
         let mut bad_cwd = process(&["/bin/true"]);
-        bad_cwd.cwd = "/no/such/dir".into();
+        process_mut(&mut bad_cwd).set_cwd("/no/such/dir".into());
         let (kind, message) = host.start(bad_cwd).unwrap_err();
         assert_eq!(kind, ErrorKind::InvalidRequest);
         assert!(message.contains("/no/such/dir"), "{message}");
@@ -627,7 +624,7 @@ mod tests {
         let (kind, _) = host.start(process(&[])).unwrap_err();
         assert_eq!(kind, ErrorKind::InvalidRequest);
         let mut bad_env = process(&["/bin/true"]);
-        bad_env.env.push("NOEQUALS".into());
+        process_mut(&mut bad_env).set_env(Some(vec!["NOEQUALS".into()]));
         assert_eq!(
             host.start(bad_env).unwrap_err().0,
             ErrorKind::InvalidRequest
@@ -784,49 +781,6 @@ mod tests {
         assert!(lines[1].starts_with("/dev/pts/"), "{out:?}");
         // The terminal echoes what was typed.
         assert_eq!(lines[2..], ["typed", "50 132", "got typed"], "{out:?}");
-    }
-
-    /// The guest's sandbox, as far as it goes yet: chroot, cwd, groups, gid, uid. Needs root
-    /// and a static busybox to put in the root; skipped without them.
-    #[test]
-    fn sandboxed_process_runs_chrooted_as_the_requested_user() {
-        let busybox = Path::new("/bin/busybox");
-        // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 || !busybox.exists() {
-            eprintln!("skipped: needs root and /bin/busybox");
-            return;
-        }
-        let root = std::env::temp_dir().join(format!("guest-agent-root-{}", std::process::id()));
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::create_dir_all(root.join("work")).unwrap();
-        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        let config = SpawnConfig {
-            root: Some(root.clone()),
-            switch_identity: true,
-            boot_timer: false,
-        };
-        let mut start = process(&[
-            "busybox",
-            "sh",
-            "-c",
-            "busybox id; busybox pwd; busybox ls /",
-        ]);
-        start.cwd = "/work".into();
-        (start.uid, start.gid, start.additional_gids) = (1000, 1001, vec![5, 6]);
-        let (status, out, err) = run_with(config.clone(), start.clone());
-        assert_eq!((status, err.as_str()), (ExitStatusWire::Exited(0), ""));
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "uid=1000 gid=1001 groups=5,6");
-        assert_eq!(lines[1..], ["/work", "bin", "work"]);
-
-        // Inside the root: a command missing there, a cwd missing there.
-        let mut host = Host::connect_with(config);
-        let (kind, _) = host.start(process(&["/bin/sh"])).unwrap_err();
-        assert_eq!(kind, ErrorKind::NotFound, "/bin/sh is outside the root");
-        start.cwd = "/tmp".into();
-        let (kind, _) = host.start(start).unwrap_err();
-        assert_eq!(kind, ErrorKind::InvalidRequest, "no /tmp in the root");
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

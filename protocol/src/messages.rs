@@ -9,12 +9,13 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
+use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::{AGENT_STDERR_PORT, AGENT_STDIN_PORT, AGENT_STDOUT_PORT};
 
 /// Anything that travels in a frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     Request(Request),
     Response(Response),
@@ -48,7 +49,7 @@ impl From<StreamHello> for Message {
 
 /// Host -> agent, on the control connection. Each request gets exactly one [`Response`], and
 /// responses come back in the order the requests were sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Request {
     /// The first request on a connection. Answered by [`Response::HelloAck`].
@@ -74,24 +75,50 @@ pub enum Request {
     Shutdown,
 }
 
-/// What to run, already resolved from the OCI bundle by the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The container to build and the process to run in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartProcess {
-    /// `argv`; `args[0]` is looked up in `PATH` from `env` when it has no `/`.
-    pub args: Vec<String>,
-    /// `KEY=value` strings, the whole environment.
-    pub env: Vec<String>,
-    /// Working directory inside the container root.
-    pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub additional_gids: Vec<u32>,
+    /// The OCI runtime config (`config.json`), checked by the host: `process` says what to run
+    /// (`args[0]` is looked up in the `PATH` of `process.env` when it has no `/`), the rest how
+    /// to confine it. `root.path` means nothing in the guest, whose root is the VM's first disk;
+    /// `root.readonly` and everything else apply.
+    pub spec: Box<Spec>,
     /// `Some` allocates a pseudo-terminal of that size: stdout then carries the terminal's
     /// output and there is no stderr stream. `None` gives separate stdout and stderr pipes.
     pub terminal: Option<TerminalSize>,
     /// Whether the host will attach a stdin stream; without one stdin is `/dev/null`.
     pub stdin: bool,
+    /// Run the agent's reaping init as PID 1 of the container, with the process as its child,
+    /// as `docker run --init` does with tini.
+    pub init: bool,
+}
+
+impl StartProcess {
+    /// A process with no sandbox settings beyond the spec's defaults: `args` with `env`, in
+    /// `/`, as root, without terminal or stdin.
+    pub fn command(args: &[&str], env: &[&str]) -> Self {
+        let mut process = Process::default();
+        process.set_args(Some(args.iter().map(|a| (*a).to_owned()).collect()));
+        process.set_env(Some(env.iter().map(|e| (*e).to_owned()).collect()));
+        process.set_cwd("/".into());
+        let mut spec = Spec::default();
+        spec.set_process(Some(process));
+        StartProcess {
+            spec: Box::new(spec),
+            terminal: None,
+            stdin: false,
+            init: false,
+        }
+    }
+
+    /// The spec's process; a default one if the spec has none (the host refuses such specs).
+    pub fn process(&self) -> std::borrow::Cow<'_, Process> {
+        match self.spec.process() {
+            Some(process) => std::borrow::Cow::Borrowed(process),
+            None => std::borrow::Cow::Owned(Process::default()),
+        }
+    }
 }
 
 /// A terminal's size in character cells.
@@ -113,6 +140,9 @@ pub enum Response {
     /// The process runs as `pid` in the guest; stdio streams name it as their `process_id`.
     ProcessStarted {
         pid: u32,
+        /// How long the agent took to build the container (namespaces, mounts, cgroups,
+        /// capabilities, seccomp) before starting the process; 0 without a sandbox.
+        setup_micros: u64,
     },
     /// The request was carried out.
     Ok,

@@ -9,16 +9,13 @@ use crate::messages::{
 
 /// One of every message variant.
 pub(crate) fn samples() -> Vec<Message> {
-    let start = StartProcess {
-        args: vec!["/bin/sh".into(), "-c".into(), "echo ü".into()],
-        env: vec!["PATH=/usr/bin:/bin".into(), "TERM=xterm".into()],
-        cwd: "/".into(),
-        uid: 1000,
-        gid: 1000,
-        additional_gids: vec![10, 20],
-        terminal: Some(TerminalSize { rows: 24, cols: 80 }),
-        stdin: true,
-    };
+    let mut start = StartProcess::command(
+        &["/bin/sh", "-c", "echo ü"],
+        &["PATH=/usr/bin:/bin", "TERM=xterm"],
+    );
+    start.terminal = Some(TerminalSize { rows: 24, cols: 80 });
+    start.stdin = true;
+    start.init = true;
     let size = TerminalSize {
         rows: 50,
         cols: 132,
@@ -46,7 +43,11 @@ pub(crate) fn samples() -> Vec<Message> {
             protocol_version: 1,
         }
         .into(),
-        Response::ProcessStarted { pid: 7 }.into(),
+        Response::ProcessStarted {
+            pid: 7,
+            setup_micros: 1234,
+        }
+        .into(),
         Response::Ok.into(),
         Response::Error {
             kind: ErrorKind::NotFound,

@@ -35,6 +35,10 @@ const CAPABILITY_SETS: [&str; 5] = [
 pub struct Policy {
     /// Refuse a process that would run as uid 0.
     pub require_nonroot: bool,
+    /// Refuse a root.path that resolves outside the bundle. On for `microvm run --bundle`;
+    /// off for the OCI verbs, whose callers (podman, containerd) point root.path at an
+    /// overlay mount they made elsewhere.
+    pub root_inside_bundle: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,12 +100,20 @@ pub enum LaunchError {
     UnknownCapability { set: &'static str, name: String },
     #[error("process.user.uid is 0 and the policy requires a non-root process")]
     RunsAsRoot,
+    #[error("seccomp profile {}: {message}", path.display())]
+    SeccompProfile { path: PathBuf, message: String },
 }
 
 /// Load `<bundle>/config.json` and refuse it unless every launch check passes.
 pub fn check_bundle(bundle: &Path, policy: &Policy) -> Result<Spec, LaunchError> {
     let spec = load_config(bundle)?;
-    check_root(bundle, &spec)?;
+    check_root(bundle, &spec, policy)?;
+    check_spec(&spec, policy)?;
+    Ok(spec)
+}
+
+/// The checks on the config itself, whether it came from a bundle or from `run`'s flags.
+pub fn check_spec(spec: &Spec, policy: &Policy) -> Result<(), LaunchError> {
     let process = spec.process().as_ref().ok_or(LaunchError::ProcessMissing)?;
     if process.args().as_ref().is_none_or(|args| args.is_empty()) {
         return Err(LaunchError::ArgsEmpty);
@@ -135,7 +147,7 @@ pub fn check_bundle(bundle: &Path, policy: &Policy) -> Result<Spec, LaunchError>
             });
         }
     }
-    Ok(spec)
+    Ok(())
 }
 
 /// Open config.json once, check its owner and mode on that descriptor, then parse it.
@@ -203,8 +215,8 @@ fn check_capability_names(config: &serde_json::Value) -> Result<(), LaunchError>
     Ok(())
 }
 
-/// root.path must exist, be a directory, and resolve inside the bundle.
-fn check_root(bundle: &Path, spec: &Spec) -> Result<(), LaunchError> {
+/// root.path must exist, be a directory, and (as `policy` says) resolve inside the bundle.
+fn check_root(bundle: &Path, spec: &Spec, policy: &Policy) -> Result<(), LaunchError> {
     let root = spec.root().as_ref().ok_or(LaunchError::RootMissing)?;
     let path = root.path();
     if path.as_os_str().is_empty() {
@@ -219,7 +231,7 @@ fn check_root(bundle: &Path, spec: &Spec) -> Result<(), LaunchError> {
     };
     let resolved = bundle.join(path).canonicalize().map_err(unresolvable)?;
     let bundle = bundle.canonicalize().map_err(unresolvable)?;
-    if !resolved.starts_with(&bundle) {
+    if policy.root_inside_bundle && !resolved.starts_with(&bundle) {
         return Err(LaunchError::RootOutsideBundle {
             path: path.clone(),
             resolved,
@@ -303,8 +315,15 @@ mod tests {
             self.0.join("config.json")
         }
 
+        /// As `run --bundle` checks: root.path inside the bundle.
         fn check(&self) -> Result<Spec, LaunchError> {
-            check_bundle(&self.0, &Policy::default())
+            check_bundle(
+                &self.0,
+                &Policy {
+                    root_inside_bundle: true,
+                    ..Policy::default()
+                },
+            )
         }
     }
 
@@ -455,6 +474,9 @@ mod tests {
             matches!(err, LaunchError::RootOutsideBundle { .. }),
             "{err}"
         );
+        // The OCI verbs' policy takes a root elsewhere (podman's overlay mount).
+        let bundle = Bundle::new(&with("/root/path", "/".into()));
+        check_bundle(&bundle.0, &Policy::default()).unwrap();
         // Absolute path inside the bundle is fine.
         let bundle = Bundle::new(&minimal());
         let inside = bundle.0.join("rootfs").to_str().unwrap().to_owned();
@@ -591,6 +613,7 @@ mod tests {
             &bundle.0,
             &Policy {
                 require_nonroot: true,
+                ..Policy::default()
             },
         )
         .unwrap_err();
@@ -600,6 +623,7 @@ mod tests {
             &bundle.0,
             &Policy {
                 require_nonroot: true,
+                ..Policy::default()
             },
         )
         .unwrap();

@@ -3,10 +3,10 @@
 mod cli;
 mod host;
 mod initramfs;
-#[allow(dead_code)] // wired into run --bundle next
 mod launch_checks;
 mod rootfs;
 mod sandbox;
+mod spec;
 mod tty;
 
 use std::process::ExitCode;
@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     Pack(cli::pack::PackArgs),
     Boot(cli::boot::BootArgs),
     Check(cli::check::CheckArgs),
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => cli::run::run(args, start),
+        Command::Run(args) => cli::run::run(*args, start),
         Command::Pack(args) => cli::pack::run(args),
         Command::Boot(args) => cli::boot::run(args, start),
         Command::Check(args) => cli::check::run(args),

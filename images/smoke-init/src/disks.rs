@@ -23,7 +23,9 @@ pub struct DiskError {
 /// One report line per disk (or an error), after any write asked for.
 pub fn check_all() -> Vec<Result<String, DiskError>> {
     let marker = std::env::var(WRITE_VAR).ok();
-    let Ok(entries) = fs::read_dir("/sys/block") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with("vd"))
@@ -41,7 +43,13 @@ pub fn check_all() -> Vec<Result<String, DiskError>> {
 
 /// Size and first bytes of `/dev/NAME` (the node is made from sysfs if missing).
 fn inspect(name: &str) -> Result<String, DiskError> {
-    let err = |what| move |source| DiskError { name: name.to_owned(), what, source };
+    let err = |what| {
+        move |source| DiskError {
+            name: name.to_owned(),
+            what,
+            source,
+        }
+    };
     let sys = Path::new("/sys/block").join(name);
     let sectors: u64 = fs::read_to_string(sys.join("size"))
         .map_err(err("read size"))?
@@ -56,34 +64,78 @@ fn inspect(name: &str) -> Result<String, DiskError> {
     let file = fs::File::open(&node).map_err(err("open"))?;
     let mut head = [0u8; 16];
     file.read_exact_at(&mut head, 0).map_err(err("read"))?;
-    Ok(format!("microvm-smoke: disk {name} {} bytes, starts with \"{}\"", sectors * 512, printable(&head)))
+    Ok(format!(
+        "microvm-smoke: disk {name} {} bytes, starts with \"{}\"",
+        sectors * 512,
+        printable(&head)
+    ))
 }
 
 /// Writes `marker` at [`WRITE_OFFSET`] of `/dev/NAME` and syncs it to the device.
 fn write_marker(name: &str, marker: &str) -> Result<String, DiskError> {
-    let err = |what| move |source| DiskError { name: name.to_owned(), what, source };
+    let err = |what| {
+        move |source| DiskError {
+            name: name.to_owned(),
+            what,
+            source,
+        }
+    };
     let node = Path::new("/dev").join(name);
-    let file = OpenOptions::new().write(true).open(&node).map_err(err("open for writing"))?;
-    file.write_all_at(marker.as_bytes(), WRITE_OFFSET).map_err(err("write"))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&node)
+        .map_err(err("open for writing"))?;
+    file.write_all_at(marker.as_bytes(), WRITE_OFFSET)
+        .map_err(err("write"))?;
     file.sync_all().map_err(err("sync"))?;
-    Ok(format!("microvm-smoke: disk {name} wrote {} bytes at {WRITE_OFFSET}", marker.len()))
+    Ok(format!(
+        "microvm-smoke: disk {name} wrote {} bytes at {WRITE_OFFSET}",
+        marker.len()
+    ))
 }
 
 /// `major:minor` from sysfs into a block device node.
 fn make_node(path: &Path, dev: &str) -> io::Result<()> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad device number {dev:?}"));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad device number {dev:?}"),
+        )
+    };
     let (major, minor) = dev.split_once(':').ok_or_else(bad)?;
-    let (major, minor): (u32, u32) = (major.parse().map_err(|_| bad())?, minor.parse().map_err(|_| bad())?);
+    let (major, minor): (u32, u32) = (
+        major.parse().map_err(|_| bad())?,
+        minor.parse().map_err(|_| bad())?,
+    );
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| bad())?;
     // SAFETY: c_path is a valid NUL-terminated string for the duration of the call; mknod
     // reads nothing else of ours, and its result is checked.
-    let rc = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(major, minor)) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::mknod(
+            c_path.as_ptr(),
+            libc::S_IFBLK | 0o600,
+            libc::makedev(major, minor),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Bytes as text, anything unprintable as '.'.
 pub fn printable(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect()
+    bytes
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

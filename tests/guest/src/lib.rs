@@ -1,2 +1,109 @@
 //! Tests that boot the project's Linux guest kernel. They need hardware KVM (or real KVM
 //! nested in the test bed, tests/bed/nested.sh); `tests/run.sh` decides where they run.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use test_support::{input, processes_matching, Microvm, Outcome, TempDir};
+
+/// Suite-wide scratch: the image cache, and local copies of the test root filesystems (in
+/// the nested bed the repo is a slow 9p share, and packing reads every inode).
+pub struct Suite {
+    _dir: TempDir,
+    pub cache: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+pub fn suite() -> &'static Suite {
+    static SUITE: OnceLock<Suite> = OnceLock::new();
+    SUITE.get_or_init(|| {
+        assert!(
+            !Path::new("/sys/module/kvm_pvm").exists(),
+            "/dev/kvm here is PVM: run through tests/run.sh"
+        );
+        let dir = TempDir::new("run-suite");
+        let rootfs = dir.path("rootfs");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(input("MICROVM_TEST_ROOTFS_DIR"))
+            .arg(&rootfs)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copy the test root filesystems");
+        Suite {
+            cache: dir.path("cache"),
+            rootfs,
+            _dir: dir,
+        }
+    })
+}
+
+/// One test's runs, with a runtime directory of its own so that what a run leaves behind is
+/// that test's to see.
+pub struct Case {
+    pub runtime: TempDir,
+}
+
+impl Case {
+    pub fn new(tag: &str) -> Self {
+        Self {
+            runtime: TempDir::new(tag),
+        }
+    }
+
+    pub fn vars(&self) -> [(&'static str, PathBuf); 3] {
+        [
+            ("MICROVM_CACHE", suite().cache.clone()),
+            ("MICROVM_RUNTIME_DIR", self.runtime.0.clone()),
+            ("MICROVM_AGENT", input("MICROVM_AGENT")),
+        ]
+    }
+
+    pub fn microvm(&self) -> Microvm {
+        self.vars()
+            .into_iter()
+            .fold(Microvm::new(input("MICROVM_BIN")), |m, (k, v)| m.env(k, v))
+    }
+
+    /// The same, as a plain Command, for tests that drive stdin or send signals.
+    pub fn command(&self, image: &str, extra: &[&str], cmd: &[&str]) -> Command {
+        let mut c = Command::new(input("MICROVM_BIN"));
+        c.envs(self.vars())
+            .arg("run")
+            .arg("--kernel")
+            .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"));
+        c.args(extra)
+            .arg(suite().rootfs.join(image))
+            .arg("--")
+            .args(cmd);
+        c
+    }
+
+    pub fn run(&self, image: &str, extra: &[&str], cmd: &[&str]) -> Outcome {
+        self.microvm()
+            .arg("run")
+            .arg("--kernel")
+            .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"))
+            .args(extra)
+            .arg(suite().rootfs.join(image))
+            .arg("--")
+            .args(cmd)
+            .run()
+    }
+
+    /// Nothing of a finished run stays: no sandbox directory, no VMM process.
+    pub fn assert_nothing_left(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.runtime.0)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let runtime = self.runtime.0.to_string_lossy().to_string();
+        assert!(
+            processes_matching(&runtime).is_empty(),
+            "a microvm process is still running"
+        );
+    }
+}

@@ -36,7 +36,10 @@ fn boot(kernel_file: &str, extra: &[&str]) -> Outcome {
 fn assert_smoke_ran(out: &Outcome, cpus: u32) {
     let line = format!("microvm-smoke: init running, {cpus} CPUs online");
     assert!(out.stdout.contains(&line), "{line:?} missing: {out:?}");
-    assert!(!out.stderr.contains("guest init -"), "boot timer not written: {out:?}");
+    assert!(
+        !out.stderr.contains("guest init -"),
+        "boot timer not written: {out:?}"
+    );
 }
 
 #[test]
@@ -77,14 +80,19 @@ fn guest_panic_fails_with_the_panic_message() {
     let out = boot("vmlinux", &["--append", "smoke_action=panic"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
-        out.stderr.contains("microvm: guest kernel panic: Kernel panic - not syncing: Attempted to kill init!"),
+        out.stderr.contains(
+            "microvm: guest kernel panic: Kernel panic - not syncing: Attempted to kill init!"
+        ),
         "{out:?}"
     );
 }
 
 #[test]
 fn guest_larger_than_the_mmio_gap_boots() {
-    let out = boot("vmlinux", &["--memory", "3584", "--append", "smoke_action=reboot"]);
+    let out = boot(
+        "vmlinux",
+        &["--memory", "3584", "--append", "smoke_action=reboot"],
+    );
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_smoke_ran(&out, 1);
 }
@@ -97,7 +105,10 @@ fn console_file_takes_the_guest_output() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(!out.stdout.contains("microvm-smoke"), "{out:?}");
     let console = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(console.contains("microvm-smoke: init running, 1 CPUs online"), "{console}");
+    assert!(
+        console.contains("microvm-smoke: init running, 1 CPUs online"),
+        "{console}"
+    );
 }
 
 #[test]
@@ -106,11 +117,17 @@ fn triple_fault_on_hardware_kvm_fails_with_registers() {
     let dir = TempDir::new("tf");
     let k = dir.path("int3.elf");
     std::fs::write(&k, elf(INT3)).unwrap_or_else(|e| panic!("write {}: {e}", k.display()));
-    let out = Microvm::new(input("MICROVM_BIN")).args(["boot", "--kernel"]).arg(&k).run();
+    let out = Microvm::new(input("MICROVM_BIN"))
+        .args(["boot", "--kernel"])
+        .arg(&k)
+        .run();
     assert_eq!(out.code, Some(1), "{out:?}");
     // Intel KVM keeps the faulting state; AMD's resets the vCPU before reporting the shutdown,
     // so only the presence of the registers is common to both.
-    assert!(out.stderr.contains("microvm: guest triple fault: rip=0x"), "{out:?}");
+    assert!(
+        out.stderr.contains("microvm: guest triple fault: rip=0x"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -123,22 +140,43 @@ fn virtio_disks_are_read_and_written_through_the_guest() {
         std::fs::write(path, image).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
     let rw_arg = format!("--disk={}", rw.display());
-    let out = boot("vmlinux", &[&rw_arg, "--append", "smoke_write=written-by-guest"]);
+    let out = boot(
+        "vmlinux",
+        &[&rw_arg, "--append", "smoke_write=written-by-guest"],
+    );
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.contains("microvm-smoke: disk vda 1048576 bytes, starts with \"RW-DISK-HEADER..\""), "{out:?}");
-    assert!(out.stdout.contains("microvm-smoke: disk vda wrote 16 bytes at 512"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("microvm-smoke: disk vda 1048576 bytes, starts with \"RW-DISK-HEADER..\""),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("microvm-smoke: disk vda wrote 16 bytes at 512"),
+        "{out:?}"
+    );
     let image = std::fs::read(&rw).unwrap_or_default();
     assert_eq!(&image[512..528], b"written-by-guest");
 
     // Read-only: the guest sees the disk and cannot write it; the image stays as it was.
     let ro_arg = format!("--ro-disk={}", ro.display());
     let before = std::fs::read(&ro).unwrap_or_default();
-    let out = boot("vmlinux", &[&ro_arg, "--append", "smoke_write=should-not-land"]);
+    let out = boot(
+        "vmlinux",
+        &[&ro_arg, "--append", "smoke_write=should-not-land"],
+    );
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.contains("disk vda 1048576 bytes, starts with \"RO-DISK-HEADER..\""), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("disk vda 1048576 bytes, starts with \"RO-DISK-HEADER..\""),
+        "{out:?}"
+    );
     // The guest's stderr is the console too, which `boot` puts on stdout. Linux refuses either
     // the open for writing or the write itself, depending on version.
-    assert!(out.stdout.contains("microvm-smoke: error: disk vda: "), "{out:?}");
+    assert!(
+        out.stdout.contains("microvm-smoke: error: disk vda: "),
+        "{out:?}"
+    );
     assert!(!out.stdout.contains("disk vda wrote"), "{out:?}");
     assert_eq!(std::fs::read(&ro).unwrap_or_default(), before);
 }

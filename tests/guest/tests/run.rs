@@ -7,90 +7,25 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
-use test_support::{input, processes_matching, run_in_pty, Microvm, Outcome, TempDir};
-
-/// Suite-wide scratch: the image cache, and local copies of the test root filesystems (in
-/// the nested bed the repo is a slow 9p share, and packing reads every inode).
-struct Suite {
-    _dir: TempDir,
-    cache: PathBuf,
-    rootfs: PathBuf,
-}
-
-fn suite() -> &'static Suite {
-    static SUITE: OnceLock<Suite> = OnceLock::new();
-    SUITE.get_or_init(|| {
-        assert!(!Path::new("/sys/module/kvm_pvm").exists(), "/dev/kvm here is PVM: run through tests/run.sh");
-        let dir = TempDir::new("run-suite");
-        let rootfs = dir.path("rootfs");
-        let status = Command::new("cp").arg("-a").arg(input("MICROVM_TEST_ROOTFS_DIR")).arg(&rootfs).status().unwrap();
-        assert!(status.success(), "copy the test root filesystems");
-        Suite { cache: dir.path("cache"), rootfs, _dir: dir }
-    })
-}
-
-/// One test's runs, with a runtime directory of its own so that what a run leaves behind is
-/// that test's to see.
-struct Case {
-    runtime: TempDir,
-}
-
-impl Case {
-    fn new(tag: &str) -> Self {
-        Self { runtime: TempDir::new(tag) }
-    }
-
-    fn vars(&self) -> [(&'static str, PathBuf); 3] {
-        [
-            ("MICROVM_CACHE", suite().cache.clone()),
-            ("MICROVM_RUNTIME_DIR", self.runtime.0.clone()),
-            ("MICROVM_AGENT", input("MICROVM_AGENT")),
-        ]
-    }
-
-    fn microvm(&self) -> Microvm {
-        self.vars().into_iter().fold(Microvm::new(input("MICROVM_BIN")), |m, (k, v)| m.env(k, v))
-    }
-
-    /// The same, as a plain Command, for tests that drive stdin or send signals.
-    fn command(&self, image: &str, extra: &[&str], cmd: &[&str]) -> Command {
-        let mut c = Command::new(input("MICROVM_BIN"));
-        c.envs(self.vars()).arg("run").arg("--kernel").arg(input("MICROVM_KERNEL_DIR").join("vmlinux"));
-        c.args(extra).arg(suite().rootfs.join(image)).arg("--").args(cmd);
-        c
-    }
-
-    fn run(&self, image: &str, extra: &[&str], cmd: &[&str]) -> Outcome {
-        self.microvm()
-            .arg("run")
-            .arg("--kernel")
-            .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"))
-            .args(extra)
-            .arg(suite().rootfs.join(image))
-            .arg("--")
-            .args(cmd)
-            .run()
-    }
-
-    /// Nothing of a finished run stays: no sandbox directory, no VMM process.
-    fn assert_nothing_left(&self) {
-        let left: Vec<_> = std::fs::read_dir(&self.runtime.0).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-        assert!(left.is_empty(), "left behind: {left:?}");
-        let runtime = self.runtime.0.to_string_lossy().to_string();
-        assert!(processes_matching(&runtime).is_empty(), "a microvm process is still running");
-    }
-}
+use guest_tests::{suite, Case};
+use test_support::run_in_pty;
 
 #[test]
 fn echo_prints_and_exit_codes_come_back() {
     let case = Case::new("echo");
     let out = case.run("rootfs-busybox", &[], &["echo", "hello"]);
-    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "hello\n"), "{out:?}");
-    let out = case.run("rootfs-busybox", &[], &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "hello\n"),
+        "{out:?}"
+    );
+    let out = case.run(
+        "rootfs-busybox",
+        &[],
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+    );
     assert_eq!(out.code, Some(7), "{out:?}");
     assert_eq!(out.stdout, "out\n");
     assert!(out.stderr.contains("err\n"), "{out:?}");
@@ -116,17 +51,36 @@ fn the_image_libraries_are_the_ones_used() {
     let out = case.run("rootfs-dynamic", &[], &["/bin/libc-hello"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.starts_with("libc-hello: glibc "), "{out:?}");
-    assert!(out.stdout.contains(" from /lib/x86_64-linux-gnu/libc.so.6"), "{out:?}");
+    assert!(
+        out.stdout.contains(" from /lib/x86_64-linux-gnu/libc.so.6"),
+        "{out:?}"
+    );
 }
 
 #[test]
 fn env_workdir_user_and_read_only_root() {
     let case = Case::new("env");
-    let out = case.run("rootfs-busybox", &["-e", "GREETING=hi", "-w", "/tmp", "-u", "1000:1000"], &["sh", "-c", "echo $GREETING $(pwd) $(id -u):$(id -g)"]);
+    let out = case.run(
+        "rootfs-busybox",
+        &["-e", "GREETING=hi", "-w", "/tmp", "-u", "1000:1000"],
+        &["sh", "-c", "echo $GREETING $(pwd) $(id -u):$(id -g)"],
+    );
     assert_eq!(out.stdout, "hi /tmp 1000:1000\n", "{out:?}");
-    let out = case.run("rootfs-busybox", &[], &["sh", "-c", "echo x > /etc/written && cat /etc/written"]);
-    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "x\n"), "overlay is writable: {out:?}");
-    let out = case.run("rootfs-busybox", &["--read-only"], &["sh", "-c", "echo x > /etc/written"]);
+    let out = case.run(
+        "rootfs-busybox",
+        &[],
+        &["sh", "-c", "echo x > /etc/written && cat /etc/written"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "x\n"),
+        "overlay is writable: {out:?}"
+    );
+    let out = case.run(
+        "rootfs-busybox",
+        &["--read-only"],
+        &["sh", "-c", "echo x > /etc/written"],
+    );
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
 }
@@ -134,9 +88,15 @@ fn env_workdir_user_and_read_only_root() {
 #[test]
 fn stdin_round_trips_64_mib_byte_for_byte_and_the_last_bytes_arrive() {
     let case = Case::new("stdin");
-    let data: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut child = case
-        .command("rootfs-busybox", &["-i"], &["sh", "-c", "cat; printf last-bytes"])
+        .command(
+            "rootfs-busybox",
+            &["-i"],
+            &["sh", "-c", "cat; printf last-bytes"],
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -149,7 +109,12 @@ fn stdin_round_trips_64_mib_byte_for_byte_and_the_last_bytes_arrive() {
     });
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), data.len() + 10);
     assert!(out.stdout[..data.len()] == data[..], "bytes differ");
     assert_eq!(&out.stdout[data.len()..], b"last-bytes");
@@ -160,7 +125,11 @@ fn stdin_round_trips_64_mib_byte_for_byte_and_the_last_bytes_arrive() {
 fn sigterm_reaches_the_process() {
     let case = Case::new("sigterm");
     let mut child = case
-        .command("rootfs-busybox", &[], &["sh", "-c", "echo started; exec sleep 100"])
+        .command(
+            "rootfs-busybox",
+            &[],
+            &["sh", "-c", "echo started; exec sleep 100"],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -169,7 +138,10 @@ fn sigterm_reaches_the_process() {
     let mut first = [0u8; 8];
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
     assert_eq!(&first, b"started\n");
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
@@ -181,10 +153,21 @@ fn bad_input_is_a_one_line_125_and_leaves_nothing() {
     let case = Case::new("bad");
     let out = case.run("no-such-rootfs", &[], &["true"]);
     assert_eq!(out.code, Some(125), "{out:?}");
-    assert!(out.stderr.trim().lines().count() == 1 && out.stderr.contains("no-such-rootfs"), "{out:?}");
-    let out = case.microvm().args(["run", "--kernel", "/nonexistent/vmlinux"]).arg(suite().rootfs.join("rootfs-busybox")).args(["--", "true"]).run();
+    assert!(
+        out.stderr.trim().lines().count() == 1 && out.stderr.contains("no-such-rootfs"),
+        "{out:?}"
+    );
+    let out = case
+        .microvm()
+        .args(["run", "--kernel", "/nonexistent/vmlinux"])
+        .arg(suite().rootfs.join("rootfs-busybox"))
+        .args(["--", "true"])
+        .run();
     assert_eq!(out.code, Some(125), "{out:?}");
-    assert!(out.stderr.contains("kernel /nonexistent/vmlinux"), "{out:?}");
+    assert!(
+        out.stderr.contains("kernel /nonexistent/vmlinux"),
+        "{out:?}"
+    );
     let out = case.run("rootfs-busybox", &["--memory", "0"], &["true"]);
     assert_eq!(out.code, Some(125), "{out:?}");
     assert!(out.stderr.contains("memory 0 MiB"), "{out:?}");
@@ -194,7 +177,11 @@ fn bad_input_is_a_one_line_125_and_leaves_nothing() {
 #[test]
 fn tty_gives_a_pts_of_the_host_terminal_size() {
     let case = Case::new("tty");
-    let (code, screen) = run_in_pty(case.command("rootfs-busybox", &["-t"], &["sh", "-c", "tty; stty size"]), 31, 101);
+    let (code, screen) = run_in_pty(
+        case.command("rootfs-busybox", &["-t"], &["sh", "-c", "tty; stty size"]),
+        31,
+        101,
+    );
     assert_eq!(code, Some(0), "{screen}");
     assert!(screen.contains("/dev/pts/"), "{screen}");
     assert!(screen.contains("31 101"), "{screen}");
@@ -205,7 +192,11 @@ fn tty_gives_a_pts_of_the_host_terminal_size() {
 fn two_runs_at_once_do_not_interfere_and_a_name_in_use_is_refused() {
     let case = Case::new("two");
     let mut first = case
-        .command("rootfs-busybox", &["--name", "busy"], &["sh", "-c", "echo first-up; sleep 30; echo first-done"])
+        .command(
+            "rootfs-busybox",
+            &["--name", "busy"],
+            &["sh", "-c", "echo first-up; sleep 30; echo first-done"],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -220,9 +211,16 @@ fn two_runs_at_once_do_not_interfere_and_a_name_in_use_is_refused() {
     assert!(out.stderr.contains("\"busy\" already exists"), "{out:?}");
     // Another run at the same time works.
     let out = case.run("rootfs-busybox", &[], &["echo", "second"]);
-    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "second\n"), "{out:?}");
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "second\n"),
+        "{out:?}"
+    );
 
-    let status = Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert_eq!(first.wait().unwrap().code(), Some(143));
     case.assert_nothing_left();
@@ -232,7 +230,15 @@ fn two_runs_at_once_do_not_interfere_and_a_name_in_use_is_refused() {
 fn a_second_sigterm_kills_the_vm_when_the_process_ignores_the_first() {
     let case = Case::new("force");
     let mut child = case
-        .command("rootfs-busybox", &[], &["sh", "-c", "trap '' TERM; echo up; while :; do sleep 1; done"])
+        .command(
+            "rootfs-busybox",
+            &[],
+            &[
+                "sh",
+                "-c",
+                "trap '' TERM; echo up; while :; do sleep 1; done",
+            ],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -240,7 +246,13 @@ fn a_second_sigterm_kills_the_vm_when_the_process_ignores_the_first() {
     let mut up = [0u8; 3];
     std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut up).unwrap();
     assert_eq!(&up, b"up\n");
-    let term = || assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let term = || {
+        assert!(Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
     term();
     std::thread::sleep(std::time::Duration::from_millis(500));
     term();

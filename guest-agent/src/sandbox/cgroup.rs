@@ -1,0 +1,141 @@
+//! The container's cgroup (v2, which the agent mounts at [`CGROUP_ROOT`]): created under the
+//! guest's root cgroup with the spec's limits, and joined by the setup process before it forks
+//! the container, so every process of the container is counted and limited. The agent itself
+//! stays in the root cgroup, out of reach of a fork bomb's `pids.max` or the container's
+//! `memory.max`.
+
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{LinuxCpu, Spec};
+
+use super::fail::{At, Failure};
+
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The cgroup of a spec without `linux.cgroupsPath`.
+const DEFAULT_NAME: &str = "container";
+/// Controllers the container's cgroup gets.
+const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// Creates the container's cgroup, writes its limits, and moves this process into it.
+pub fn setup(spec: &Spec) -> Result<PathBuf, Failure> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let relative = relative_path(linux.cgroups_path().as_deref());
+    let root = Path::new(CGROUP_ROOT);
+    let cgroup = root.join(&relative);
+
+    // Each ancestor hands the controllers down to its children.
+    let mut parent = root.to_path_buf();
+    for component in relative.components() {
+        enable_controllers(&parent);
+        parent.push(component);
+        std::fs::create_dir_all(&parent).at(|| format!("create cgroup {}", parent.display()))?;
+    }
+
+    if let Some(resources) = linux.resources() {
+        if let Some(limit) = resources.pids().as_ref().map(|p| p.limit()) {
+            let value = if limit > 0 {
+                limit.to_string()
+            } else {
+                "max".into()
+            };
+            write(&cgroup, "pids.max", &value)?;
+        }
+        if let Some(memory) = resources.memory() {
+            if let Some(limit) = memory.limit() {
+                let value = if limit > 0 {
+                    limit.to_string()
+                } else {
+                    "max".into()
+                };
+                write(&cgroup, "memory.max", &value)?;
+            }
+            if let Some(reservation) = memory.reservation().filter(|r| *r > 0) {
+                write(&cgroup, "memory.low", &reservation.to_string())?;
+            }
+        }
+        if let Some(cpu) = resources.cpu() {
+            if let Some(max) = cpu_max(cpu) {
+                write(&cgroup, "cpu.max", &max)?;
+            }
+            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+                write(&cgroup, "cpu.weight", &shares_to_weight(shares).to_string())?;
+            }
+        }
+    }
+    write(&cgroup, "cgroup.procs", "0")?;
+    Ok(cgroup)
+}
+
+/// `linux.cgroupsPath` as a path under the root: only its normal components (no `..`, no
+/// root), with systemd's `slice:prefix:name` form flattened; the default when empty.
+pub fn relative_path(cgroups_path: Option<&Path>) -> PathBuf {
+    let mut relative = PathBuf::new();
+    if let Some(path) = cgroups_path {
+        for component in path.components() {
+            if let Component::Normal(name) = component {
+                relative.push(name.to_string_lossy().replace(':', "-"));
+            }
+        }
+    }
+    if relative.as_os_str().is_empty() {
+        relative.push(DEFAULT_NAME);
+    }
+    relative
+}
+
+/// `cpu.max` ("quota period") from the CFS quota and period, if a quota is set.
+fn cpu_max(cpu: &LinuxCpu) -> Option<String> {
+    let quota = cpu.quota().filter(|q| *q != 0)?;
+    let period = cpu.period().unwrap_or(100_000);
+    Some(if quota < 0 {
+        format!("max {period}")
+    } else {
+        format!("{quota} {period}")
+    })
+}
+
+/// cgroup v1 `cpu.shares` (2..=262144) to v2 `cpu.weight` (1..=10000), as runc converts.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+/// Best effort: a controller the kernel lacks is simply not enabled; writing its limit fails
+/// later with a message naming the file.
+fn enable_controllers(cgroup: &Path) {
+    let control = cgroup.join("cgroup.subtree_control");
+    for controller in CONTROLLERS {
+        let _ = std::fs::write(&control, format!("+{controller}"));
+    }
+}
+
+fn write(cgroup: &Path, file: &str, value: &str) -> Result<(), Failure> {
+    let path = cgroup.join(file);
+    std::fs::write(&path, value).at(|| format!("write {value:?} to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_stay_under_the_root() {
+        let r = |p: &str| relative_path(Some(Path::new(p)));
+        assert_eq!(r("/a/b"), PathBuf::from("a/b"));
+        assert_eq!(r("../../etc"), PathBuf::from("etc"));
+        assert_eq!(
+            r("machine.slice:libpod:abc"),
+            PathBuf::from("machine.slice-libpod-abc")
+        );
+        assert_eq!(r("/"), PathBuf::from(DEFAULT_NAME));
+        assert_eq!(relative_path(None), PathBuf::from(DEFAULT_NAME));
+    }
+
+    #[test]
+    fn shares_map_onto_weights_as_runc_does() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(0), 1);
+    }
+}

@@ -1,0 +1,285 @@
+//! Building the container, in a fresh copy of the agent's binary that the agent starts with
+//! argv[0] [`ARGV0`] (see [`crate::container`] for why a copy and not a forked child). This is
+//! the part of the agent that runc calls `runc init`. In order:
+//!
+//! 1. receive the spec on the channel (fd 3, see [`channel`]);
+//! 2. join the container's cgroup ([`cgroup`]); unshare the spec's namespaces;
+//! 3. fork: the child is PID 1 of the new PID namespace; the parent reports its pid and exits;
+//! 4. in the child: the filesystem ([`fs`]), hostname, sysctls, rlimits, OOM score, a new
+//!    session with the terminal, the working directory; then report ready and wait for go;
+//! 5. seccomp (first, when `noNewPrivileges` is off: installing it then needs CAP_SYS_ADMIN,
+//!    which step 6 drops), identity and capabilities ([`identity`]), `no_new_privs`, and
+//!    seccomp last when `noNewPrivileges` is on;
+//! 6. exec the command, or with `--init` run the reaping [`init`] with the command as its
+//!    child. An exec failure is reported on the channel; a successful exec closes it.
+
+mod cgroup;
+pub mod channel;
+mod fail;
+mod fs;
+mod identity;
+mod init;
+mod seccomp;
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{fork, ForkResult};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use channel::{Channel, FromContainer, ToContainer, CHANNEL_FD};
+use fail::{At, Failure};
+
+/// argv[0] that makes the agent's binary build a container instead of serving as PID 1.
+pub const ARGV0: &str = "microvm-container";
+/// `PATH` when the process's environment has none (runc's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The setup process's main: never returns.
+pub fn main() -> ! {
+    // SAFETY: the agent put the channel on fd 3 (container::place_channel) and nothing else in
+    // this process owns that descriptor.
+    let stream = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
+    // From here on the channel must not outlive a successful exec.
+    let _ = nix::fcntl::fcntl(
+        &stream,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let mut channel = match Channel::new(stream) {
+        Ok(channel) => channel,
+        Err(error) => {
+            eprintln!("{ARGV0}: channel: {error}");
+            std::process::exit(1);
+        }
+    };
+    let failure = match channel.recv::<ToContainer>() {
+        Ok(Some(ToContainer::Setup {
+            spec,
+            init,
+            terminal,
+        })) => match setup(&spec, init, terminal, &mut channel) {
+            Ok(never) => match never {},
+            Err(failure) => failure,
+        },
+        other => Failure::new("receive the spec", format!("expected Setup, got {other:?}")),
+    };
+    let _ = channel.send(&failure.into_message());
+    std::process::exit(1);
+}
+
+/// Steps 2 and 3.
+fn setup(
+    spec: &Spec,
+    init: bool,
+    terminal: bool,
+    channel: &mut Channel,
+) -> Result<Infallible, Failure> {
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| Failure::new("read the spec", "it has no process").invalid())?;
+    let command = Command::new(&process)?;
+    cgroup::setup(spec)?;
+    let flags = namespace_flags(spec)?;
+    unshare(flags).at(|| format!("unshare {flags:?}"))?;
+    // SAFETY: this process is single-threaded; the child may do anything after fork.
+    match unsafe { fork() }.at(|| "fork the container's first process")? {
+        ForkResult::Parent { child } => {
+            let pid = u32::try_from(child.as_raw()).unwrap_or_default();
+            channel
+                .send(&FromContainer::Pid(pid))
+                .at(|| "report the pid")?;
+            std::process::exit(0);
+        }
+        ForkResult::Child => container(spec, &process, &command, init, terminal, channel),
+    }
+}
+
+/// The namespaces to create. A namespace `path` names a host namespace, which means nothing
+/// in the guest: the container gets a new one (the VMM is what joins host namespaces).
+fn namespace_flags(spec: &Spec) -> Result<CloneFlags, Failure> {
+    let mut flags = CloneFlags::empty();
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for namespace in namespaces {
+        flags |= match namespace.typ() {
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            LinuxNamespaceType::User => {
+                return Err(Failure::new(
+                    "create namespaces",
+                    "user namespaces are not supported in the guest yet",
+                )
+                .invalid())
+            }
+            LinuxNamespaceType::Time => {
+                return Err(
+                    Failure::new("create namespaces", "time namespaces are not supported")
+                        .invalid(),
+                )
+            }
+        };
+    }
+    if !flags.contains(CloneFlags::CLONE_NEWNS) {
+        return Err(Failure::new("create namespaces", "the spec has no mount namespace").invalid());
+    }
+    Ok(flags)
+}
+
+/// Steps 4 to 6, in the container's first process.
+fn container(
+    spec: &Spec,
+    process: &Process,
+    command: &Command,
+    init: bool,
+    terminal: bool,
+    channel: &mut Channel,
+) -> Result<Infallible, Failure> {
+    fs::build(spec, Path::new(crate::mounts::ROOTFS))?;
+    if let Some(hostname) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(hostname).at(|| format!("set hostname {hostname:?}"))?;
+    }
+    let linux = spec.linux().clone().unwrap_or_default();
+    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, &value).at(|| format!("set sysctl {key}={value}"))?;
+    }
+    identity::set_rlimits(process)?;
+    identity::set_oom_score_adj(process)?;
+    nix::unistd::setsid().at(|| "setsid")?;
+    if terminal {
+        // SAFETY: TIOCSCTTY takes an integer (0: do not steal); fd 0 is the terminal's slave.
+        let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+        nix::errno::Errno::result(rc).at(|| "make the terminal the controlling terminal")?;
+    }
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd)
+        .at(|| {
+            format!(
+                "chdir to the working directory {:?}",
+                cwd.display().to_string()
+            )
+        })
+        .map_err(Failure::invalid)?;
+
+    channel.send(&FromContainer::Ready).at(|| "report ready")?;
+    match channel.recv::<ToContainer>() {
+        Ok(Some(ToContainer::Go)) => {}
+        other => {
+            return Err(Failure::new(
+                "wait for the agent",
+                format!("expected Go, got {other:?}"),
+            ))
+        }
+    }
+
+    let filter = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    if !no_new_privs {
+        filter.as_ref().map(seccomp::apply).transpose()?;
+    }
+    identity::switch_user(process)?;
+    if no_new_privs {
+        identity::set_no_new_privs()?;
+        filter.as_ref().map(seccomp::apply).transpose()?;
+    }
+
+    // Only the command keeps the channel, to report a failed exec; a successful one closes it.
+    let stream = channel
+        .detach()
+        .ok_or_else(|| Failure::new("exec", "the channel is gone"))?;
+    if init {
+        return init::run(move || command.exec_or_report(stream));
+    }
+    command.exec_or_report(stream)
+}
+
+/// argv and envp, made before any privilege is dropped; the program is looked up at exec.
+struct Command {
+    program: String,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    path: String,
+}
+
+impl Command {
+    fn new(process: &Process) -> Result<Self, Failure> {
+        let args = process.args().clone().unwrap_or_default();
+        let env = process.env().clone().unwrap_or_default();
+        let cstrings = |what: &str, strings: &[String]| {
+            strings
+                .iter()
+                .map(|s| CString::new(s.as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Failure::new(format!("read process.{what}"), "holds a NUL byte").invalid()
+                })
+        };
+        let program = args
+            .first()
+            .cloned()
+            .ok_or_else(|| Failure::new("read process.args", "empty").invalid())?;
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH)
+            .to_owned();
+        Ok(Command {
+            argv: cstrings("args", &args)?,
+            envp: cstrings("env", &env)?,
+            program,
+            path,
+        })
+    }
+
+    /// The program's path: as given when it has a `/`, else the first executable file of that
+    /// name in `PATH` (the process's, not the agent's).
+    fn resolve(&self) -> Result<CString, nix::errno::Errno> {
+        let found = if self.program.contains('/') {
+            Some(PathBuf::from(&self.program))
+        } else {
+            self.path
+                .split(':')
+                .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(&self.program))
+                .find(|candidate| {
+                    candidate
+                        .metadata()
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+        };
+        let path = found.ok_or(nix::errno::Errno::ENOENT)?;
+        CString::new(path.into_os_string().into_encoded_bytes())
+            .map_err(|_| nix::errno::Errno::EINVAL)
+    }
+
+    /// execve, or the reason it failed on the channel and exit 127.
+    fn exec_or_report(&self, channel: UnixStream) -> ! {
+        let errno = match self.resolve() {
+            Ok(path) => match nix::unistd::execve(&path, &self.argv, &self.envp) {
+                Ok(never) => match never {},
+                Err(errno) => errno,
+            },
+            Err(errno) => errno,
+        };
+        let failure = Failure {
+            exec: true,
+            ..Failure::errno(format!("exec {}", self.program), errno)
+        };
+        if let Ok(mut channel) = Channel::new(channel) {
+            let _ = channel.send(&failure.into_message());
+        }
+        std::process::exit(127);
+    }
+}
