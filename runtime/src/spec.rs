@@ -124,8 +124,12 @@ pub fn build(options: &Options) -> anyhow::Result<Spec> {
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Cgroup,
     ];
+    // A privileged container sees the guest's cgroups (as docker's --cgroupns=host): the
+    // kernel lets only the initial cgroup namespace create cgroup v1 hierarchies.
+    if !options.privileged {
+        namespaces.push(LinuxNamespaceType::Cgroup);
+    }
     if options.network_namespace {
         namespaces.push(LinuxNamespaceType::Network);
     }

@@ -29,7 +29,9 @@ fn echo_prints_and_exit_codes_come_back() {
     assert_eq!(out.code, Some(7), "{out:?}");
     assert_eq!(out.stdout, "out\n");
     assert!(out.stderr.contains("err\n"), "{out:?}");
-    let out = case.run("rootfs-busybox", &[], &["sh", "-c", "kill -9 $$"]);
+    // The command is PID 1 of its namespace, which SIGKILL from inside cannot kill; under
+    // --init it is PID 2 and init reports its death as 128 + 9.
+    let out = case.run("rootfs-busybox", &["--init"], &["sh", "-c", "kill -9 $$"]);
     assert_eq!(out.code, Some(137), "{out:?}");
     case.assert_nothing_left();
 }
@@ -123,11 +125,13 @@ fn stdin_round_trips_64_mib_byte_for_byte_and_the_last_bytes_arrive() {
 
 #[test]
 fn sigterm_reaches_the_process() {
+    // PID 1 of a namespace ignores signals it has no handler for (as under docker without
+    // --init), so the reaping init forwards SIGTERM to the command.
     let case = Case::new("sigterm");
     let mut child = case
         .command(
             "rootfs-busybox",
-            &[],
+            &["--init"],
             &["sh", "-c", "echo started; exec sleep 100"],
         )
         .stdout(Stdio::piped())
@@ -194,7 +198,7 @@ fn two_runs_at_once_do_not_interfere_and_a_name_in_use_is_refused() {
     let mut first = case
         .command(
             "rootfs-busybox",
-            &["--name", "busy"],
+            &["--name", "busy", "--init"],
             &["sh", "-c", "echo first-up; sleep 30; echo first-done"],
         )
         .stdout(Stdio::piped())

@@ -1,0 +1,253 @@
+//! The container the guest agent builds (issue "Sandbox"): capabilities, seccomp,
+//! no_new_privs, a read-only root, PID and UTS namespaces, reaping, the pids cgroup, an
+//! escape drill through a cgroup v1 `release_agent`, and `run --bundle`.
+//!
+//! Inputs as for run.rs (set by tests/run.sh).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use guest_tests::{suite, Case};
+use test_support::{input, Outcome, TempDir};
+
+const BUSYBOX: &str = "rootfs-busybox";
+/// Docker's default capability set as /proc/PID/status shows it.
+const DOCKER_CAPS: &str = "00000000a80425fb";
+
+/// `run` with a longer time limit, for workloads that are slow under emulation.
+fn run_long(case: &Case, extra: &[&str], cmd: &[&str]) -> Outcome {
+    case.microvm()
+        .timeout(Duration::from_secs(600))
+        .arg("run")
+        .arg("--kernel")
+        .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"))
+        .args(extra)
+        .arg(suite().rootfs.join(BUSYBOX))
+        .arg("--")
+        .args(cmd)
+        .run()
+}
+
+/// The value of `field` in the process status lines `out` printed.
+fn status_field<'a>(out: &'a str, field: &str) -> Option<&'a str> {
+    out.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(str::trim))
+}
+
+#[test]
+fn capabilities_are_dockers_by_default_and_none_after_cap_drop_all() {
+    let case = Case::new("caps");
+    let show = ["grep", "-E", "^(Cap|NoNewPrivs|Seccomp:)", "/proc/self/status"];
+    let out = case.run(BUSYBOX, &[], &show);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(&out.stdout, set), Some(DOCKER_CAPS), "{set}: {out:?}");
+    }
+    assert_eq!(status_field(&out.stdout, "CapInh"), Some("0000000000000000"), "{out:?}");
+    assert_eq!(status_field(&out.stdout, "Seccomp"), Some("2"), "{out:?}");
+
+    let out = case.run(BUSYBOX, &["--cap-drop", "ALL"], &show);
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(&out.stdout, set), Some("0000000000000000"), "{set}: {out:?}");
+    }
+    // A non-root user keeps nothing across exec, as under docker.
+    let out = case.run(BUSYBOX, &["-u", "1000"], &show);
+    assert_eq!(status_field(&out.stdout, "CapEff"), Some("0000000000000000"), "{out:?}");
+    assert_eq!(status_field(&out.stdout, "CapBnd"), Some(DOCKER_CAPS), "{out:?}");
+    case.assert_nothing_left();
+}
+
+/// The project's default profile without chmod, fchmod and fchmodat: a profile that "omits"
+/// them, in Docker's format.
+fn profile_without_chmod(dir: &TempDir) -> PathBuf {
+    let default = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../seccomp/profiles/default.json")).unwrap();
+    let mut stripped = default.clone();
+    for name in ["\"chmod\"", "\"fchmod\"", "\"fchmodat\"", "\"fchmodat2\""] {
+        // Names sit in lists as `"name",` or `, "name"`; drop them with their separator.
+        stripped = stripped.replace(&format!("{name}, "), "").replace(&format!(", {name}"), "").replace(&format!("{name},"), "");
+    }
+    assert!(!stripped.contains("\"chmod\""), "chmod is still in the profile");
+    assert_ne!(stripped, default);
+    let path = dir.path("no-chmod.json");
+    std::fs::write(&path, stripped).unwrap();
+    path
+}
+
+#[test]
+fn seccomp_profiles_deny_what_they_omit_and_unconfined_lifts_them() {
+    let case = Case::new("seccomp");
+    let scratch = TempDir::new("seccomp-profile");
+    let profile = profile_without_chmod(&scratch);
+    let opt = format!("seccomp={}", profile.display());
+    let out = case.run(BUSYBOX, &["--security-opt", &opt], &["chmod", "777", "/"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+    // The same as root without the profile: allowed.
+    let out = case.run(BUSYBOX, &[], &["chmod", "777", "/"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    // The default profile refuses unshare and mount...
+    let attempts = "unshare -m true && echo unshare-ok; mkdir -p /mnt && mount -t tmpfs none /mnt && echo mount-ok; grep Seccomp: /proc/self/status";
+    let out = case.run(BUSYBOX, &[], &["sh", "-c", attempts]);
+    let unshare_line = out.stderr.lines().find(|l| l.starts_with("unshare:"));
+    assert!(unshare_line.is_some_and(|l| l.contains("Operation not permitted")), "{out:?}");
+    // busybox's words for EPERM from mount(2).
+    assert!(out.stderr.contains("mount: permission denied"), "{out:?}");
+    assert!(!out.stdout.contains("-ok"), "{out:?}");
+    // ...while unconfined (with the capability mount needs) they succeed.
+    let out = case.run(BUSYBOX, &["--security-opt", "seccomp=unconfined", "--cap-add", "SYS_ADMIN"], &["sh", "-c", attempts]);
+    assert!(out.stdout.contains("unshare-ok\nmount-ok\n"), "{out:?}");
+    assert_eq!(status_field(&out.stdout, "Seccomp"), Some("0"), "{out:?}");
+    case.assert_nothing_left();
+}
+
+#[test]
+fn no_new_privileges_keeps_a_setuid_program_unprivileged() {
+    let case = Case::new("nnp");
+    // Without the option the setuid bit works: the effective uid becomes 0.
+    let out = case.run(BUSYBOX, &["-u", "1000"], &["/bin/showids-suid"]);
+    assert_eq!(out.stdout, "uid=1000 euid=0\n", "{out:?}");
+    let out = case.run(BUSYBOX, &["-u", "1000", "--security-opt", "no-new-privileges"], &["sh", "-c", "/bin/showids-suid; grep NoNewPrivs /proc/self/status"]);
+    assert_eq!(out.stdout, "uid=1000 euid=1000\nNoNewPrivs:\t1\n", "{out:?}");
+    case.assert_nothing_left();
+}
+
+#[test]
+fn read_only_root_with_a_writable_tmpfs() {
+    let case = Case::new("ro");
+    let out = case.run(BUSYBOX, &["--read-only", "--tmpfs", "/tmp"], &["sh", "-c", "touch /etc/x; touch /tmp/x && echo tmp-ok; grep ' /tmp ' /proc/self/mounts"]);
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert!(out.stdout.starts_with("tmp-ok\ntmpfs /tmp tmpfs rw,nosuid,nodev,noexec"), "{out:?}");
+    case.assert_nothing_left();
+}
+
+#[test]
+fn pid_and_uts_namespaces() {
+    let case = Case::new("pidns");
+    let script = "echo pid=$$; hostname; ps -o pid,comm | tail -n +2 | wc -l";
+    let out = case.run(BUSYBOX, &["--hostname", "boxed"], &["sh", "-c", script]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Only the container's processes: sh itself and the pipeline's ps, tail and wc.
+    let lines: Vec<_> = out.stdout.lines().collect();
+    assert_eq!(lines[..2], ["pid=1", "boxed"], "{out:?}");
+    assert!(lines[2].trim().parse::<u32>().unwrap() <= 4, "{out:?}");
+    let out = case.run(BUSYBOX, &["--init"], &["sh", "-c", "echo pid=$$; cat /proc/1/cmdline | tr '\\0' ' '"]);
+    assert_eq!(out.stdout.lines().next(), Some("pid=2"), "{out:?}");
+    assert!(out.stdout.contains("microvm-container"), "PID 1 is our init: {out:?}");
+    case.assert_nothing_left();
+}
+
+/// Creates 10,000 orphans (each subshell starts a background child and exits at once), then
+/// counts the zombies left in the container's PID namespace.
+const ZOMBIE_STORM: &str = r#"
+i=0
+while [ $i -lt 10000 ]; do ( true & ); i=$((i + 1)); done
+sleep 2
+zombies=$(grep -l '^State:.Z' /proc/[0-9]*/status 2>/dev/null | wc -l)
+echo "orphans=$i zombies=$zombies"
+"#;
+
+#[test]
+fn a_zombie_storm_leaves_no_zombies_with_or_without_init() {
+    let case = Case::new("zombies");
+    for extra in [&[][..], &["--init"][..]] {
+        let out = run_long(&case, extra, &["sh", "-c", ZOMBIE_STORM]);
+        assert_eq!(out.code, Some(0), "{extra:?}: {out:?}");
+        assert_eq!(out.stdout.trim(), "orphans=10000 zombies=0", "{extra:?}: {out:?}");
+    }
+    case.assert_nothing_left();
+}
+
+#[test]
+fn pids_limit_contains_a_fork_bomb() {
+    let case = Case::new("forkbomb");
+    // The bomb runs in the background; PID 1 reports the cgroup's count and exits, which
+    // kills the whole namespace.
+    let script = "bomb() { bomb | bomb & }; (bomb) 2>/dev/null; sleep 5; cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids.current; grep -c . /sys/fs/cgroup/pids.events";
+    let out = run_long(&case, &["--pids-limit", "100"], &["sh", "-c", script]);
+    assert_eq!(out.code, Some(0), "the run returns: {out:?}");
+    let lines: Vec<_> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"100"), "{out:?}");
+    let current: u32 = lines[1].parse().unwrap();
+    assert!(current <= 100, "{out:?}");
+    case.assert_nothing_left();
+}
+
+/// Every file named release_agent under the host's /sys/fs/cgroup, with its content, and the
+/// host's cgroup mounts: what the drill must not change.
+fn host_cgroup_snapshot() -> String {
+    let mut snapshot: String = std::fs::read_to_string("/proc/self/mounts").unwrap().lines().filter(|l| l.contains("cgroup")).collect::<Vec<_>>().join("\n");
+    let mut stack = vec![PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else if entry.file_name() == "release_agent" {
+                snapshot += &format!("\n{}={}", path.display(), std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    snapshot
+}
+
+#[test]
+fn escape_drill_through_release_agent_stays_in_the_guest() {
+    let case = Case::new("escape");
+    let scratch = TempDir::new("escape-host");
+    let host_marker = scratch.path("pwned");
+    let before = host_cgroup_snapshot();
+    // The classic privileged-container escape: a cgroup v1 hierarchy whose release_agent runs
+    // as root in the kernel's initial namespaces when the cgroup empties. Here that is the
+    // guest's root, where the container's files sit under /rootfs.
+    let drill = format!(
+        r#"set -e
+mkdir -p /tmp/cg
+mount -t cgroup -o none,name=drill cgroup /tmp/cg
+mkdir -p /tmp/cg/x
+echo 1 > /tmp/cg/x/notify_on_release
+printf '#!/rootfs/bin/sh\necho escaped > /rootfs/marker\necho pwned > {host}\n' > /payload
+chmod +x /payload
+echo /rootfs/payload > /tmp/cg/release_agent
+sh -c 'echo $$ > /tmp/cg/x/cgroup.procs'
+i=0
+while [ ! -e /marker ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "guest marker: $(cat /marker)"
+"#,
+        host = host_marker.display()
+    );
+    let out = case.run(BUSYBOX, &["--privileged"], &["sh", "-c", &drill]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("guest marker: escaped"), "the drill ran as root in the guest: {out:?}");
+    assert!(!host_marker.exists(), "the payload reached the host");
+    assert_eq!(host_cgroup_snapshot(), before, "the host's cgroup files changed");
+    case.assert_nothing_left();
+}
+
+#[test]
+fn a_bundle_runs_as_its_config_says() {
+    let case = Case::new("bundle");
+    let bundle = TempDir::new("bundle");
+    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(bundle.path("rootfs")).status().unwrap();
+    assert!(status.success());
+    let config = r#"{
+  "ociVersion": "1.0.2",
+  "root": { "path": "rootfs", "readonly": true },
+  "process": {
+    "args": ["sh", "-c", "echo $GREETING from $(hostname) as $(id -u); touch /x"],
+    "env": ["PATH=/bin", "GREETING=hello"],
+    "cwd": "/",
+    "user": { "uid": 1000, "gid": 1000 },
+    "capabilities": { "bounding": ["CAP_KILL"], "effective": [], "permitted": [] }
+  },
+  "hostname": "bundled",
+  "mounts": [{ "destination": "/proc", "type": "proc", "source": "proc" }],
+  "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }, { "type": "uts" }] }
+}"#;
+    std::fs::write(bundle.path("config.json"), config).unwrap();
+    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    assert_eq!(out.stdout, "hello from bundled as 1000\n", "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    case.assert_nothing_left();
+}
