@@ -385,23 +385,7 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
-    /// Docker's default capability set.
-    const DOCKER_CAPS: &[&str] = &[
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ];
+    use crate::DOCKER_CAPS;
 
     /// The names of the resolved rules with `action`, in order.
     fn names_with(seccomp: &LinuxSeccomp, action: LinuxSeccompAction) -> Vec<String> {
@@ -506,7 +490,7 @@ mod tests {
         }"#;
         let profile = parse_profile(json.as_bytes()).unwrap();
 
-        let plain = to_oci(&profile, &caps(DOCKER_CAPS), Arch::ScmpArchX86_64).unwrap();
+        let plain = to_oci(&profile, &caps(&DOCKER_CAPS), Arch::ScmpArchX86_64).unwrap();
         let rules = plain.syscalls().as_ref().unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].names(), &["clone"]);
@@ -544,7 +528,7 @@ mod tests {
     #[test]
     fn default_profile_denies_what_it_should() {
         let profile = crate::default_profile().unwrap();
-        let plain = to_oci(profile, &caps(DOCKER_CAPS), Arch::ScmpArchX86_64).unwrap();
+        let plain = to_oci(profile, &caps(&DOCKER_CAPS), Arch::ScmpArchX86_64).unwrap();
         let allowed = names_with(&plain, LinuxSeccompAction::ScmpActAllow);
         for name in [
             "chmod",

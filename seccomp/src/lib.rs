@@ -50,6 +50,25 @@ pub use error::{Error, RuleError};
 pub use filter::{apply, compile, Compiled};
 pub use seccompiler::BpfProgram;
 
+/// Docker's default capability set, for the unit tests.
+#[cfg(test)]
+pub(crate) const DOCKER_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 /// The project's default profile, `profiles/default.json`.
 const DEFAULT_PROFILE_JSON: &str = include_str!("../profiles/default.json");
 

@@ -94,6 +94,8 @@ trap 'exit 129' HUP
 	echo ': > "$share/started"'
 	# udev usually has kvm-amd loaded already; make sure of it.
 	echo 'modprobe kvm-amd 2>/dev/null || modprobe kvm-intel 2>/dev/null'
+	# L1's kernel log, kept on the share: if L1 dies, its last lines say why.
+	echo '(dmesg --follow --level=emerg,alert,crit,err,warn >"$share/dmesg" 2>&1 &)'
 	echo 'if [[ ! -c /dev/kvm ]]; then'
 	echo '  echo "nested.sh: L1 has no /dev/kvm (kvm-amd did not load; is +svm in -cpu?)" >&2'
 	echo '  echo 125 > "$share/status"; exit 125'
@@ -184,6 +186,10 @@ if [[ -f $share/status ]]; then
 	exit "$rc"
 fi
 if [[ -f $share/started ]]; then
+	if [[ -s $share/dmesg ]]; then
+		echo "nested.sh: L1's last kernel warnings:" >&2
+		tail -n 20 "$share/dmesg" >&2
+	fi
 	die "L1 died while COMMAND was running (vng exit $vrc; kernel panic, OOM or killed?)"
 fi
 hint="; rerun with --verbose for its console"

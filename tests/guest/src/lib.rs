@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use test_support::{input, processes_matching, Microvm, Outcome, TempDir};
 
@@ -83,7 +84,13 @@ impl Case {
     }
 
     pub fn run(&self, image: &str, extra: &[&str], cmd: &[&str]) -> Outcome {
+        self.run_for(Duration::from_secs(120), image, extra, cmd)
+    }
+
+    /// `run` with a time limit of its own, for workloads that are slow under emulation.
+    pub fn run_for(&self, limit: Duration, image: &str, extra: &[&str], cmd: &[&str]) -> Outcome {
         self.microvm()
+            .timeout(limit)
             .arg("run")
             .arg("--kernel")
             .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"))

@@ -10,25 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use guest_tests::{suite, Case};
-use test_support::{input, Outcome, TempDir};
+use test_support::{input, TempDir};
 
 const BUSYBOX: &str = "rootfs-busybox";
 /// Docker's default capability set as /proc/PID/status shows it.
 const DOCKER_CAPS: &str = "00000000a80425fb";
 
-/// `run` with a longer time limit, for workloads that are slow under emulation.
-fn run_long(case: &Case, extra: &[&str], cmd: &[&str]) -> Outcome {
-    case.microvm()
-        .timeout(Duration::from_secs(600))
-        .arg("run")
-        .arg("--kernel")
-        .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"))
-        .args(extra)
-        .arg(suite().rootfs.join(BUSYBOX))
-        .arg("--")
-        .args(cmd)
-        .run()
-}
+/// For workloads that are slow under emulation.
+const LONG: Duration = Duration::from_secs(600);
 
 /// The value of `field` in the process status lines `out` printed.
 fn status_field<'a>(out: &'a str, field: &str) -> Option<&'a str> {
@@ -152,7 +141,7 @@ echo "orphans=$i zombies=$zombies"
 fn a_zombie_storm_leaves_no_zombies_with_or_without_init() {
     let case = Case::new("zombies");
     for extra in [&[][..], &["--init"][..]] {
-        let out = run_long(&case, extra, &["sh", "-c", ZOMBIE_STORM]);
+        let out = case.run_for(LONG, BUSYBOX, extra, &["sh", "-c", ZOMBIE_STORM]);
         assert_eq!(out.code, Some(0), "{extra:?}: {out:?}");
         assert_eq!(out.stdout.trim(), "orphans=10000 zombies=0", "{extra:?}: {out:?}");
     }
@@ -165,7 +154,7 @@ fn pids_limit_contains_a_fork_bomb() {
     // The bomb runs in the background; PID 1 reports the cgroup's count and exits, which
     // kills the whole namespace.
     let script = "bomb() { bomb | bomb & }; (bomb) 2>/dev/null; sleep 5; cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids.current; grep -c . /sys/fs/cgroup/pids.events";
-    let out = run_long(&case, &["--pids-limit", "100"], &["sh", "-c", script]);
+    let out = case.run_for(LONG, BUSYBOX, &["--pids-limit", "100"], &["sh", "-c", script]);
     assert_eq!(out.code, Some(0), "the run returns: {out:?}");
     let lines: Vec<_> = out.stdout.lines().collect();
     assert_eq!(lines.first(), Some(&"100"), "{out:?}");
