@@ -30,7 +30,7 @@ use protocol::{ErrorKind, StartProcess};
 
 use crate::boot_timer;
 use crate::reaper::{OnExit, Reaper};
-use crate::sandbox::channel::{Channel, FromContainer, ToContainer, CHANNEL_FD};
+use crate::sandbox::channel::{Channel, FromContainer, ToContainer, CHANNEL_FD, CONSOLE_FD};
 use crate::sandbox::ARGV0;
 use crate::stdio::{open_pty, StdinSink, StdioError};
 
@@ -201,7 +201,8 @@ pub fn spawn(
         }
         command
     };
-    let stdio = attach_stdio(&mut command, request)?;
+    // In a sandbox the container makes its terminal on its own devpts (see start_sandboxed).
+    let stdio = attach_stdio(&mut command, request, !config.sandbox)?;
 
     if config.sandbox {
         start_sandboxed(command, request, &program, stdio, config, reaper, on_exit)
@@ -216,9 +217,14 @@ struct AgentStdio {
     terminal: Option<(OwnedFd, OwnedFd, Option<StdinSink>)>,
 }
 
-/// Gives `command` the process's stdio: a terminal's slave, or pipes (stdin from /dev/null
-/// unless the host sends some).
-fn attach_stdio(command: &mut Command, request: &StartProcess) -> Result<AgentStdio, SpawnError> {
+/// Gives `command` the process's stdio: a terminal's slave (made here when `make_terminal`,
+/// else nothing: the container makes its own), or pipes (stdin from /dev/null unless the host
+/// sends some).
+fn attach_stdio(
+    command: &mut Command,
+    request: &StartProcess,
+    make_terminal: bool,
+) -> Result<AgentStdio, SpawnError> {
     let Some(size) = request.terminal else {
         let stdin = if request.stdin {
             Stdio::piped()
@@ -231,17 +237,25 @@ fn attach_stdio(command: &mut Command, request: &StartProcess) -> Result<AgentSt
             .stderr(Stdio::piped());
         return Ok(AgentStdio { terminal: None });
     };
+    if !make_terminal {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        return Ok(AgentStdio { terminal: None });
+    }
     // Everything is made before the process starts, so that nothing can fail once it runs.
     let pty = open_pty(size)?;
     let slave = || dup(&pty.slave, "duplicate the terminal").map(Stdio::from);
     command.stdin(slave()?).stdout(slave()?).stderr(slave()?);
-    let output = dup(&pty.master, "duplicate the terminal")?;
-    let input = request
-        .stdin
-        .then(|| dup(&pty.master, "duplicate the terminal").map(StdinSink::terminal))
+    terminal_stdio(pty.master, request.stdin)
+}
+
+/// The agent's ends of a terminal: the master, a copy for stdout, and one for stdin if wanted.
+fn terminal_stdio(master: OwnedFd, stdin: bool) -> Result<AgentStdio, SpawnError> {
+    let output = dup(&master, "duplicate the terminal")?;
+    let input = stdin
+        .then(|| dup(&master, "duplicate the terminal").map(StdinSink::terminal))
         .transpose()?;
     Ok(AgentStdio {
-        terminal: Some((pty.master, output, input)),
+        terminal: Some((master, output, input)),
     })
 }
 
@@ -250,7 +264,7 @@ fn start_sandboxed(
     mut command: Command,
     request: &StartProcess,
     program: &str,
-    stdio: AgentStdio,
+    mut stdio: AgentStdio,
     config: &SpawnConfig,
     reaper: &Reaper,
     on_exit: OnExit,
@@ -267,16 +281,32 @@ fn start_sandboxed(
         .set_read_timeout(Some(SETUP_TIMEOUT))
         .map_err(channel_error)?;
     let mut channel = Channel::new(agent_end).map_err(channel_error)?;
-    let child_fd = child_end.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only calls dup2 and fcntl,
-    // which are async-signal-safe, on a descriptor that stays open until spawn returns.
-    unsafe { command.pre_exec(move || place_channel(child_fd)) };
+    // With a terminal, the container sends its master back on a socket of its own.
+    let console = if request.terminal.is_some() {
+        let (agent_end, child_end) = UnixStream::pair().map_err(|source| SpawnError::Fd {
+            what: "create the console socket",
+            source,
+        })?;
+        agent_end
+            .set_read_timeout(Some(SETUP_TIMEOUT))
+            .map_err(channel_error)?;
+        Some((agent_end, child_end))
+    } else {
+        None
+    };
+    let fds = (
+        child_end.as_raw_fd(),
+        console.as_ref().map(|(_, child)| child.as_raw_fd()),
+    );
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup2,
+    // which are async-signal-safe, on descriptors that stay open until spawn returns.
+    unsafe { command.pre_exec(move || place_fds(fds.0, fds.1)) };
 
     let started = Instant::now();
     let setup = ToContainer::Setup {
         spec: request.spec.clone(),
         init: request.init,
-        terminal: request.terminal.is_some(),
+        terminal: request.terminal,
     };
     let (pid, mut child) = reaper.spawn_watched(
         || {
@@ -299,12 +329,17 @@ fn start_sandboxed(
         },
         on_exit,
     )?;
+    if let Some((agent_end, _)) = &console {
+        let master = Channel::recv_fd(agent_end).map_err(channel_error)?;
+        stdio = terminal_stdio(master, request.stdin)?;
+    }
     let setup = started.elapsed();
     // The setup process exits by itself and the reaper collects it; `child` only holds the
     // agent's ends of the pipes.
     let spawned = spawned(pid, setup, stdio, &mut child)?;
     drop(command);
     drop(child_end);
+    drop(console);
 
     if config.boot_timer {
         signal_boot_timer();
@@ -318,19 +353,23 @@ fn start_sandboxed(
     Ok(spawned)
 }
 
-/// In the setup process's child, before exec: the channel becomes fd 3, kept across exec.
-fn place_channel(fd: RawFd) -> io::Result<()> {
-    if fd == CHANNEL_FD {
-        // dup2 onto itself would keep close-on-exec; clear it instead.
-        // SAFETY: fcntl on a descriptor this process holds.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        return Ok(());
-    }
-    // SAFETY: dup2 of a descriptor this process holds; the copy has no close-on-exec flag.
-    if unsafe { libc::dup2(fd, CHANNEL_FD) } == -1 {
-        return Err(io::Error::last_os_error());
+/// In the setup process's child, before exec: the channel becomes fd 3 and the console
+/// socket (if any) fd 4, both kept across exec. Each is first copied above fd 10 (close-on-exec)
+/// so that placing one cannot overwrite the other.
+fn place_fds(channel: RawFd, console: Option<RawFd>) -> io::Result<()> {
+    let check = |rc: libc::c_int| if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(rc) };
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor this process holds.
+    let channel = check(unsafe { libc::fcntl(channel, libc::F_DUPFD_CLOEXEC, 10) })?;
+    let console = match console {
+        // SAFETY: as above.
+        Some(fd) => Some(check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) })?),
+        None => None,
+    };
+    // SAFETY: dup2 of descriptors this process holds; the copies have no close-on-exec flag.
+    check(unsafe { libc::dup2(channel, CHANNEL_FD) })?;
+    if let Some(console) = console {
+        // SAFETY: as above.
+        check(unsafe { libc::dup2(console, CONSOLE_FD) })?;
     }
     Ok(())
 }

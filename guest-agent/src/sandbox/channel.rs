@@ -13,13 +13,20 @@
 //! Any step may instead answer `Failed`, after which the sender exits.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 /// The file descriptor the channel has in the setup process.
 pub const CHANNEL_FD: i32 = 3;
+/// With a terminal, the socket on which the container sends the terminal's master back (one
+/// SCM_RIGHTS message, as runc's console socket): the terminal is made inside the container,
+/// on its own devpts instance, so that the process sees its slave as its /dev/pts/N.
+pub const CONSOLE_FD: i32 = 4;
 /// The longest line either side accepts: a config.json is kilobytes; this bounds a bad one.
 const MAX_LINE: u64 = 4 << 20;
 
@@ -30,8 +37,9 @@ pub enum ToContainer {
         spec: Box<Spec>,
         /// Run the reaping init as PID 1 with the command as its child.
         init: bool,
-        /// fd 0 is a terminal's slave: make it the controlling terminal.
-        terminal: bool,
+        /// Make a terminal of this size in the container, its slave the process's stdio and
+        /// controlling terminal, and send the master on [`CONSOLE_FD`].
+        terminal: Option<protocol::TerminalSize>,
     },
     /// The agent watches the container's pid: go on and exec.
     Go,
@@ -101,6 +109,34 @@ impl Channel {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
+    /// Sends `fd` as one SCM_RIGHTS message (with a one-byte payload) on `socket`.
+    pub fn send_fd(socket: &UnixStream, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let fds = [fd.as_raw_fd()];
+        let rights = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(socket.as_raw_fd(), &[io::IoSlice::new(b"T")], &rights, MsgFlags::empty(), None)
+            .map(drop)
+            .map_err(io::Error::from)
+    }
+
+    /// Receives the descriptor [`Channel::send_fd`] sent; an error if the message had none.
+    pub fn recv_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
+        let mut byte = [0u8; 1];
+        let mut iov = [io::IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(io::Error::from)?;
+        for cmsg in message.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                if let Some(fd) = fds.first() {
+                    // SAFETY: the kernel just installed this descriptor in our table for us;
+                    // nothing else owns it.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+                }
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::InvalidData, "console socket: no descriptor in the message"))
+    }
+
     /// Takes the stream out (one descriptor; the reader's copy is closed): what an exec'd
     /// command keeps until exec succeeds, while every other copy must be closed.
     pub fn detach(&mut self) -> Option<UnixStream> {
@@ -111,6 +147,8 @@ impl Channel {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]
@@ -129,6 +167,22 @@ mod tests {
             Some(FromContainer::Ready)
         );
         assert_eq!(b.recv::<FromContainer>().unwrap(), None);
+    }
+
+    #[test]
+    fn descriptors_pass_through_the_console_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (read, write) = nix::unistd::pipe().unwrap();
+        Channel::send_fd(&a, write.as_fd()).unwrap();
+        drop(write);
+        let received = Channel::recv_fd(&b).unwrap();
+        nix::unistd::write(&received, b"x").unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(nix::unistd::read(&read, &mut byte).unwrap(), 1);
+        Channel::send_fd(&a, read.as_fd()).unwrap();
+        drop(a);
+        Channel::recv_fd(&b).unwrap();
+        assert!(Channel::recv_fd(&b).is_err(), "end of stream");
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod seccomp;
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,8 @@ use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{fork, ForkResult};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
-use channel::{Channel, FromContainer, ToContainer, CHANNEL_FD};
+use channel::{Channel, FromContainer, ToContainer, CHANNEL_FD, CONSOLE_FD};
+use protocol::TerminalSize;
 use fail::{At, Failure};
 
 /// argv[0] that makes the agent's binary build a container instead of serving as PID 1.
@@ -76,7 +77,7 @@ pub fn main() -> ! {
 fn setup(
     spec: &Spec,
     init: bool,
-    terminal: bool,
+    terminal: Option<TerminalSize>,
     channel: &mut Channel,
 ) -> Result<Infallible, Failure> {
     let process = spec
@@ -144,7 +145,7 @@ fn container(
     process: &Process,
     command: &Command,
     init: bool,
-    terminal: bool,
+    terminal: Option<TerminalSize>,
     channel: &mut Channel,
 ) -> Result<Infallible, Failure> {
     fs::build(spec, Path::new(crate::mounts::ROOTFS))?;
@@ -159,10 +160,8 @@ fn container(
     identity::set_rlimits(process)?;
     identity::set_oom_score_adj(process)?;
     nix::unistd::setsid().at(|| "setsid")?;
-    if terminal {
-        // SAFETY: TIOCSCTTY takes an integer (0: do not steal); fd 0 is the terminal's slave.
-        let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-        nix::errno::Errno::result(rc).at(|| "make the terminal the controlling terminal")?;
+    if let Some(size) = terminal {
+        make_terminal(size)?;
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd)
@@ -204,6 +203,26 @@ fn container(
         return init::run(move || command.exec_or_report(stream));
     }
     command.exec_or_report(stream)
+}
+
+/// A terminal on the container's own devpts: its slave becomes stdin, stdout, stderr and the
+/// controlling terminal; its master goes to the agent on [`CONSOLE_FD`].
+fn make_terminal(size: TerminalSize) -> Result<(), Failure> {
+    let winsize = nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&winsize), None).at(|| "open a terminal in the container")?;
+    for fd in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+        let rc = unsafe { libc::dup2(pty.slave.as_raw_fd(), fd) };
+        nix::errno::Errno::result(rc).at(|| "make the terminal the process's stdio")?;
+    }
+    drop(pty.slave);
+    // SAFETY: TIOCSCTTY takes an integer (0: do not steal); fd 0 is the terminal's slave.
+    let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    nix::errno::Errno::result(rc).at(|| "make the terminal the controlling terminal")?;
+    // SAFETY: the agent put the console socket on fd 4 when it asked for a terminal, and
+    // nothing else in this process owns it.
+    let console = unsafe { UnixStream::from_raw_fd(CONSOLE_FD) };
+    Channel::send_fd(&console, pty.master.as_fd()).at(|| "send the terminal to the agent")
 }
 
 /// argv and envp, made before any privilege is dropped; the program is looked up at exec.
