@@ -3,6 +3,7 @@
 mod cli;
 mod host;
 mod initramfs;
+mod jail;
 mod launch_checks;
 mod rootfs;
 mod sandbox;
@@ -43,6 +44,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Boot(_)) {
+        // Nothing a caller left open reaches the VMM.
+        jail::close_inherited_fds();
+    }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(*args, start),
         Command::Pack(args) => cli::pack::run(args),

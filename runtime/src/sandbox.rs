@@ -1,7 +1,11 @@
 //! A sandbox's runtime directory (its vsock socket, initramfs, console log), removed with
 //! everything in it when the run ends, however it ends short of SIGKILL.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 /// Longest sandbox name, as runc bounds container ids.
 const MAX_NAME: usize = 64;
@@ -16,7 +20,13 @@ pub enum SandboxError {
     Create { path: PathBuf, source: std::io::Error },
 }
 
-pub struct SandboxDir(PathBuf);
+pub struct SandboxDir {
+    path: PathBuf,
+    /// The runtime directory holding it, opened O_PATH: inside the jail the sandbox directory
+    /// is a mount point and cannot be removed by its path, but through this handle on the
+    /// real parent it can.
+    parent: Option<OwnedFd>,
+}
 
 impl SandboxDir {
     /// Creates `$MICROVM_RUNTIME_DIR/<name>` (default /run/microvm), `name` generated if none.
@@ -31,21 +41,47 @@ impl SandboxDir {
         let base = std::env::var_os("MICROVM_RUNTIME_DIR").map_or_else(|| PathBuf::from("/run/microvm"), PathBuf::from);
         std::fs::create_dir_all(&base).map_err(|source| SandboxError::Create { path: base.clone(), source })?;
         let dir = base.join(&name);
+        let parent = nix::fcntl::open(&base, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok();
         match std::fs::create_dir(&dir) {
-            Ok(()) => Ok(Self(dir)),
+            Ok(()) => Ok(Self { path: dir, parent }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(SandboxError::Exists(name, dir)),
             Err(source) => Err(SandboxError::Create { path: dir, source }),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
 impl Drop for SandboxDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.remove();
+    }
+}
+
+impl SandboxDir {
+    /// Removes the directory and everything in it (also done on drop; for exit paths that
+    /// skip drops).
+    pub fn remove(&self) {
+        // The contents by path (the same directory inside the jail or out), then the
+        // directory itself through its parent.
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = match entry.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                    _ => std::fs::remove_file(&path),
+                };
+            }
+        }
+        let name = self.path.file_name().unwrap_or_default();
+        let removed = self.parent.as_ref().is_some_and(|parent| {
+            nix::unistd::unlinkat(parent, name, nix::unistd::UnlinkatFlags::RemoveDir).is_ok()
+        });
+        if !removed {
+            let _ = std::fs::remove_dir(&self.path);
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub struct VmConfig {
     pub console: Console,
     pub disks: Vec<DiskConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Seccomp for the VMM's threads (see [`crate::seccomp`]).
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,6 +79,7 @@ impl VmConfig {
             console: Console::Stdout,
             disks: Vec::new(),
             vsock: None,
+            seccomp: crate::seccomp::SeccompMode::default(),
         }
     }
 

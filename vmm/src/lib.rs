@@ -17,6 +17,7 @@ pub mod arch;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod seccomp;
 pub mod vstate;
 
 use std::fs::File;
@@ -76,6 +77,8 @@ pub enum VmmError {
     Thread(std::io::Error),
     #[error("install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// What happened, for the caller to report.
@@ -100,6 +103,23 @@ pub struct Vmm {
     _vm: kvm_ioctls::VmFd,
     _mem: GuestMemoryMmap,
     start: Instant,
+    /// `MICROVM_TEST_TRIGGER`, see [`test_trigger`].
+    test_trigger: Option<String>,
+}
+
+/// For the tests of the confinement only: `MICROVM_TEST_TRIGGER=seccomp` makes a system call
+/// no list allows (vhangup), which must kill the process with SIGSYS; `=panic` panics, which
+/// must not look like that.
+/// Read when the VM is built: the jail empties the environment before the guest runs.
+fn test_trigger(trigger: Option<&str>) {
+    match trigger {
+        // SAFETY: vhangup takes no arguments; the filter kills the process before it runs.
+        Some("seccomp") => unsafe {
+            libc::syscall(libc::SYS_vhangup);
+        },
+        Some("panic") => panic!("MICROVM_TEST_TRIGGER=panic"),
+        _ => {}
+    }
 }
 
 impl Vmm {
@@ -107,6 +127,7 @@ impl Vmm {
     /// boot timer and setup figures count from there.
     pub fn boot(config: &VmConfig, start: Instant) -> Result<Self, VmmError> {
         config.validate()?;
+        seccomp::set_mode(config.seccomp);
         let kvm = vstate::vm::open_kvm()?;
         let mem = vstate::vm::create_guest_memory(config.mem_bytes())?;
         let vm = vstate::vm::create_vm(&kvm)?;
@@ -166,7 +187,8 @@ impl Vmm {
             start,
             first_run: OnceLock::new(),
         });
-        Ok(Self { vcpus, shared, _vm: vm, _mem: mem, start })
+        let test_trigger = std::env::var("MICROVM_TEST_TRIGGER").ok();
+        Ok(Self { vcpus, shared, _vm: vm, _mem: mem, start, test_trigger })
     }
 
     /// Runs the guest until it stops. vCPU threads still blocked in KVM_RUN are left to end
@@ -174,6 +196,9 @@ impl Vmm {
     pub fn run(self) -> Result<RunReport, VmmError> {
         extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         register_signal_handler(kick_signal(), on_kick).map_err(VmmError::Signal)?;
+        // From here on the guest runs: this thread and every one it starts are confined.
+        seccomp::install(seccomp::ThreadKind::Control)?;
+        test_trigger(self.test_trigger.as_deref());
 
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {

@@ -122,6 +122,15 @@ pub struct RunArgs {
     /// The container's network: host (the guest's, default) or none (a namespace of its own)
     #[arg(long, default_value = "host", value_parser = ["host", "none"])]
     network: String,
+    /// Seccomp filters on the VMM's threads: enforce, log (allow and log to the kernel log) or off
+    #[arg(long, value_enum, default_value = "enforce", env = "MICROVM_SECCOMP")]
+    seccomp: super::SeccompArg,
+    /// Run the jailed VMM as this unprivileged uid (needs root; with --jail-gid)
+    #[arg(long, value_name = "UID", requires = "jail_gid")]
+    jail_uid: Option<u32>,
+    /// ... and this gid
+    #[arg(long, value_name = "GID", requires = "jail_uid")]
+    jail_gid: Option<u32>,
 }
 
 pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
@@ -153,7 +162,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let cache = host::cache_dir()
         .ok_or_else(|| anyhow!("no cache directory: set MICROVM_CACHE or HOME"))?;
 
-    let sandbox = SandboxDir::create(args.name.as_deref())?;
+    let sandbox = Arc::new(SandboxDir::create(args.name.as_deref())?);
     let packed = crate::rootfs::pack(&rootfs, &cache)?;
     tracing::debug!(
         "rootfs image {} ({})",
@@ -192,7 +201,12 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         uds_path: uds.clone(),
     });
 
+    config.seccomp = args.seccomp.into();
     let vmm = Vmm::boot(&config, start)?;
+    // Before the guest's first instruction: the jail, then seccomp for this thread and all it
+    // starts (the VMM's among them, which add their own narrower filters).
+    crate::jail::enter(sandbox.path(), args.jail_uid.zip(args.jail_gid))?;
+    vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
     let (vm_done_tx, vm_done) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm".into())
@@ -231,7 +245,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     } else {
         None
     };
-    session.forward_signals(pid, tty, sandbox.path().to_owned())?;
+    session.forward_signals(pid, tty, Arc::downgrade(&sandbox))?;
     session.call_ok(Request::WaitProcess { pid })?;
     let status = session.wait_exit(pid)?;
     let process_exit = start.elapsed();
@@ -484,7 +498,7 @@ impl Session {
 
     /// Relays SIGINT, SIGTERM, SIGHUP, SIGQUIT (and SIGWINCH with a terminal) to the process.
     /// A second SIGINT or SIGTERM within [`FORCE_WINDOW`] ends the VM at once.
-    fn forward_signals(&self, pid: u32, tty: bool, sandbox: PathBuf) -> anyhow::Result<()> {
+    fn forward_signals(&self, pid: u32, tty: bool, sandbox: std::sync::Weak<SandboxDir>) -> anyhow::Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
         let mut wanted = vec![SIGINT, SIGTERM, SIGHUP, SIGQUIT];
         if tty {
@@ -506,7 +520,9 @@ impl Session {
                     if urgent && last.is_some_and(|t| t.elapsed() < FORCE_WINDOW) {
                         eprintln!("microvm: second signal, killing the VM");
                         crate::tty::restore();
-                        let _ = std::fs::remove_dir_all(&sandbox);
+                        if let Some(sandbox) = sandbox.upgrade() {
+                            sandbox.remove();
+                        }
                         std::process::exit(128 + signal);
                     }
                     if urgent {

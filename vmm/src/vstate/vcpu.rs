@@ -77,6 +77,10 @@ impl Vcpu {
 
     /// Runs until the VM has an exit reason.
     pub fn run(mut self, shared: Arc<VcpuShared>) {
+        if let Err(error) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+            shared.exits.set(VmExit::VcpuFailure(format!("vCPU {}: {error}", self.index)));
+            return;
+        }
         if self.index == 0 {
             let _ = shared.first_run.set(shared.start.elapsed());
         }

@@ -95,6 +95,10 @@ impl VirtioDevice for Block {
 /// The worker: on each notification, runs every available request, then interrupts the guest.
 #[allow(clippy::too_many_arguments)]
 fn serve(mem: GuestMemoryMmap, mut queue: Queue, kick: EventFd, interrupt: Interrupt, mut file: File, size: u64, read_only: bool, id: [u8; ID_LEN]) {
+    if let Err(error) = crate::seccomp::install(crate::seccomp::ThreadKind::Device) {
+        tracing::error!("virtio-blk: {error}; the disk stops");
+        return;
+    }
     let mut disk = Disk { backend: &mut file, size, read_only, id: &id };
     while kick.read().is_ok() {
         while let Some(chain) = queue.pop_descriptor_chain(&mem) {

@@ -97,6 +97,10 @@ impl Worker {
 
     /// Serves the device until epoll fails (it does not, short of a bug).
     pub fn run(mut self) {
+        if let Err(error) = crate::seccomp::install(crate::seccomp::ThreadKind::Device) {
+            tracing::error!("virtio-vsock: {error}; the device stops");
+            return;
+        }
         let mut events = vec![EpollEvent::default(); MAX_EVENTS];
         // The driver may have queued packets before we started watching.
         self.service(true);
