@@ -13,6 +13,8 @@
 #   --ro              do not make the repo writable in L1
 #   --time            print how long L1 took to reach COMMAND on stderr
 #   --verbose         show L1's boot console too (slower: each byte is emulated)
+#   --console-errors  show L1's console at kernel log level error and worse only (an
+#                     oops or panic of L1 reaches the output; little else does)
 #
 # COMMAND runs as root in L1 with cwd = the repo root, under bash, with these
 # variables from the caller: PATH HOME USER LOGNAME TERM TZ LANG LANGUAGE LC_*
@@ -36,7 +38,7 @@ source "$here/lib.sh"
 die() { echo "nested.sh: $*" >&2; exit 125; }
 usage() { sed -n "2,25s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
 
-cpus=2 memory=4G verbose='' timing='' repo_rw=1
+cpus=2 memory=4G verbose='' timing='' repo_rw=1 errors_only=
 rwdirs=() extra_env=()
 while (($#)); do
 	case $1 in
@@ -47,6 +49,7 @@ while (($#)); do
 	--ro) repo_rw=; shift ;;
 	--time) timing=1; shift ;;
 	--verbose | -v) verbose=1 timing=1; shift ;;
+	--console-errors) errors_only=1; shift ;;
 	--) shift; break ;;
 	-h | --help) usage 0 ;;
 	-*) echo "nested.sh: unknown option $1" >&2; usage ;;
@@ -147,6 +150,8 @@ if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
 fi
 for d in "${rwdirs[@]}"; do vng_args+=(--rwdir "$d"); done
 [[ -n $verbose ]] && vng_args+=(--verbose)
+# The console on, but only messages of level error (3) and worse reach it.
+[[ -n $errors_only && -z $verbose ]] && vng_args+=(--verbose --append loglevel=3)
 
 # QEMU opens /proc/self/fd/1 and /proc/self/fd/2 anew. On a regular file that
 # truncates it and gives each stream its own offset (the streams overwrite

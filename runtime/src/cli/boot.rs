@@ -48,6 +48,10 @@ pub struct BootArgs {
     /// ... and this gid
     #[arg(long, value_name = "GID", requires = "jail_uid")]
     jail_gid: Option<u32>,
+    /// Skip the jail (mount namespace, closed fds, empty environment, rlimits): for
+    /// debugging and for measuring what it costs
+    #[arg(long, conflicts_with = "jail_uid")]
+    no_jail: bool,
 }
 
 pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
@@ -75,7 +79,9 @@ pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
     // The jail's root holds a sandbox directory of its own (removed at the end).
     let sandbox = crate::sandbox::SandboxDir::create(None)?;
     let vmm = Vmm::boot(&config, start)?;
-    crate::jail::enter(sandbox.path(), args.jail_uid.zip(args.jail_gid))?;
+    if !args.no_jail {
+        crate::jail::enter(sandbox.path(), args.jail_uid.zip(args.jail_gid))?;
+    }
     // boot keeps nothing in it: removed now (with the handle on its parent), the directory lives on (deleted) as the jail's
     // only content, and nothing is left behind however the VMM ends.
     drop(sandbox);

@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// ... and this gid
     #[arg(long, value_name = "GID", requires = "jail_uid")]
     jail_gid: Option<u32>,
+    /// Skip the jail (mount namespace, closed fds, empty environment, rlimits): for
+    /// debugging and for measuring what it costs
+    #[arg(long, conflicts_with = "jail_uid")]
+    no_jail: bool,
 }
 
 pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
@@ -205,7 +209,9 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let vmm = Vmm::boot(&config, start)?;
     // Before the guest's first instruction: the jail, then seccomp for this thread and all it
     // starts (the VMM's among them, which add their own narrower filters).
-    crate::jail::enter(sandbox.path(), args.jail_uid.zip(args.jail_gid))?;
+    if !args.no_jail {
+        crate::jail::enter(sandbox.path(), args.jail_uid.zip(args.jail_gid))?;
+    }
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
     let (vm_done_tx, vm_done) = mpsc::channel();
     std::thread::Builder::new()

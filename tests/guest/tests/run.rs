@@ -110,7 +110,8 @@ fn stdin_round_trips_64_mib_byte_for_byte_and_the_last_bytes_arrive() {
         move || stdin.write_all(&data)
     });
     let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
+    let fed = feeder.join().unwrap();
+    assert!(fed.is_ok(), "stdin cut short ({fed:?}); microvm {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         out.status.code(),
         Some(0),

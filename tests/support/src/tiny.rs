@@ -106,33 +106,43 @@ pub fn wait_u16_at_plus2(addr: u32, value: u8) -> Vec<u8> {
     code
 }
 
-/// A hostile virtio driver for the first virtio-mmio device (a virtio-blk disk): it sets the
-/// device up by the book, then posts two bad chains, one that loops (0 -> 1 -> 0) and one
-/// whose data buffer lies at 28 GiB, far outside guest memory; waits until the device has
-/// returned both, and resets the machine.
-pub fn hostile_blk_driver() -> Vec<u8> {
-    const MMIO: u32 = 0xd000_0000;
-    const DESC: u32 = 0x3_0000;
-    const AVAIL: u32 = 0x3_1000;
-    const USED: u32 = 0x3_2000;
-    const HDR: u32 = 0x4_0000;
-    const NEXT: u32 = 1;
-    const WRITE: u32 = 2;
-    // (addr low, addr high, len, flags | next << 16) per descriptor.
-    let descs: [(u32, u32, u32, u32); 5] = [
-        (HDR, 0, 16, NEXT | 1 << 16),
-        (HDR + 0x10, 0, 1, NEXT | WRITE),
-        (HDR, 0, 16, NEXT | 3 << 16),
-        (0, 7, 4096, NEXT | WRITE | 4 << 16),
-        (HDR + 0x20, 0, 1, WRITE),
-    ];
+/// Where [`blk_driver`] puts its rings and buffers (all in the first MiB of guest memory).
+pub mod blk {
+    pub const MMIO: u32 = 0xd000_0000;
+    pub const DESC: u32 = 0x3_0000;
+    pub const AVAIL: u32 = 0x3_1000;
+    pub const USED: u32 = 0x3_2000;
+    /// Request headers and status bytes live from here (zeroed memory: a read of sector 0).
+    pub const HDR: u32 = 0x4_0000;
+    pub const NEXT: u32 = 1;
+    pub const WRITE: u32 = 2;
+    /// The queue size the driver sets.
+    pub const QUEUE_SIZE: u32 = 8;
+}
+
+/// A virtio driver for the first virtio-mmio device (a virtio-blk disk) that may be hostile:
+/// it sets queue 0 up by the book (size [`blk::QUEUE_SIZE`]), writes `descs` (addr low, addr
+/// high, len, flags | next << 16) to the descriptor table and `heads` to the avail ring with
+/// avail.idx = `avail_idx`, notifies `notifies` times, waits (a bounded spin, so a device that
+/// never answers cannot hang the test) for the used ring's idx to reach `used`, signals the
+/// boot timer and resets the machine. With a `canary` (address, value) the driver stores the
+/// value there first and, at the end, triple-faults (int3 without an IDT) instead of resetting
+/// if the device changed it.
+pub fn blk_driver(descs: &[(u32, u32, u32, u32)], heads: &[u16], avail_idx: u16, notifies: u32, used: u8, canary: Option<(u32, u32)>) -> Vec<u8> {
+    use blk::*;
     let mut code = map_mmio_page(MMIO);
+    if let Some((addr, value)) = canary {
+        code.extend(store32(addr, value));
+    }
     for (i, (lo, hi, len, flags_next)) in descs.iter().enumerate() {
         let at = DESC + 16 * i as u32;
         code.extend([store32(at, *lo), store32(at + 4, *hi), store32(at + 8, *len), store32(at + 12, *flags_next)].concat());
     }
-    code.extend(store32(AVAIL + 4, 2 << 16)); // ring[0] = 0, ring[1] = 2
-    code.extend(store32(AVAIL, 2 << 16)); // flags 0, idx 2
+    for (i, pair) in heads.chunks(2).enumerate() {
+        let word = u32::from(pair[0]) | u32::from(pair.get(1).copied().unwrap_or(0)) << 16;
+        code.extend(store32(AVAIL + 4 + 4 * i as u32, word));
+    }
+    code.extend(store32(AVAIL, u32::from(avail_idx) << 16)); // flags 0, idx
     code.extend(mmio_writes(
         MMIO,
         &[
@@ -142,20 +152,59 @@ pub fn hostile_blk_driver() -> Vec<u8> {
             (0x20, 1),            // VIRTIO_F_VERSION_1
             (0x70, 0xb),          // | FEATURES_OK
             (0x30, 0),            // QueueSel 0
-            (0x38, 8),            // QueueNum 8
+            (0x38, QUEUE_SIZE),   // QueueNum
             (0x80, DESC),
             (0x90, AVAIL),
             (0xa0, USED),
             (0x44, 1),            // QueueReady
             (0x70, 0xf),          // | DRIVER_OK
-            (0x50, 0),            // QueueNotify 0
         ],
     ));
-    code.extend(wait_u16_at_plus2(USED, 2));
+    // rax = MMIO still; ecx = notifies; loop: mov dword [rax + 0x50], 0; dec ecx; jnz loop.
+    code.push(0xb9);
+    code.extend_from_slice(&notifies.max(1).to_le_bytes());
+    code.extend_from_slice(&[0xc7, 0x80, 0x50, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xc9, 0x75, 0xf2]);
+    code.extend(wait_used_bounded(USED, used, 0x2_0000));
+    if let Some((addr, value)) = canary {
+        code.extend_from_slice(&[0x81, 0x3c, 0x25]); // cmp dword [addr], value
+        code.extend_from_slice(&addr.to_le_bytes());
+        code.extend_from_slice(&value.to_le_bytes());
+        code.extend_from_slice(&[0x74, 0x01]); // je over the int3
+        code.extend_from_slice(INT3);
+    }
     code.extend_from_slice(BOOT_TIMER);
     code.extend_from_slice(I8042_RESET);
     code.extend_from_slice(HLT_LOOP);
     code
+}
+
+/// Spins until the used ring's idx (the 16 bits at `addr + 2`) equals `value`, at most
+/// `spins` times.
+fn wait_used_bounded(addr: u32, value: u8, spins: u32) -> Vec<u8> {
+    let mut code = vec![0xb9]; // mov ecx, spins
+    code.extend_from_slice(&spins.to_le_bytes());
+    code.extend_from_slice(&[0x8b, 0x04, 0x25]); // loop: mov eax, [addr]
+    code.extend_from_slice(&addr.to_le_bytes());
+    code.extend_from_slice(&[0xc1, 0xe8, 0x10]); // shr eax, 16
+    code.extend_from_slice(&[0x83, 0xf8, value]); // cmp eax, value
+    code.extend_from_slice(&[0x74, 0x04]); // je done
+    code.extend_from_slice(&[0xff, 0xc9]); // dec ecx
+    code.extend_from_slice(&[0x75, 0xed]); // jnz loop
+    code // done:
+}
+
+/// Two bad chains, one that loops (0 -> 1 -> 0) and one whose data buffer lies at 28 GiB,
+/// far outside guest memory.
+pub fn hostile_blk_driver() -> Vec<u8> {
+    use blk::*;
+    let descs = [
+        (HDR, 0, 16, NEXT | 1 << 16),
+        (HDR + 0x10, 0, 1, NEXT | WRITE),
+        (HDR, 0, 16, NEXT | 3 << 16),
+        (0, 7, 4096, NEXT | WRITE | 4 << 16),
+        (HDR + 0x20, 0, 1, WRITE),
+    ];
+    blk_driver(&descs, &[0, 2], 2, 1, 2, None)
 }
 
 #[cfg(test)]
