@@ -126,11 +126,12 @@ pub enum SpawnError {
         what: &'static str,
         source: io::Error,
     },
-    #[error("start {program}: {step} {cwd:?}: {source}")]
+    #[error("start {program}: {what}: {source}")]
     Setup {
         program: String,
         step: Step,
-        cwd: String,
+        /// The step, with the directory for a chdir.
+        what: String,
         source: io::Error,
     },
     #[error("start {program}: build the container: {step}: {message}")]
@@ -477,7 +478,10 @@ fn classify(program: &str, cwd: &str, report: OwnedFd, source: io::Error) -> Spa
             Some(step) => SpawnError::Setup {
                 program: program.to_owned(),
                 step,
-                cwd: cwd.to_owned(),
+                what: match step {
+                    Step::Chdir => format!("{step} {cwd:?}"),
+                    _ => step.to_string(),
+                },
                 source,
             },
             None => SpawnError::Exec {
