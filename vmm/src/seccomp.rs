@@ -80,8 +80,26 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
         SeccompMode::Enforce => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
     };
+    // The refusal first: once the allow-list is on, a device worker may not install more.
+    if kind != ThreadKind::Runtime {
+        let refuse = refuse_opening(kind)?;
+        seccompiler::apply_filter(&refuse).map_err(|source| SeccompError::Install { kind, source })?;
+    }
     let program = program(kind, mismatch)?;
     seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install { kind, source })
+}
+
+/// The VMM's own threads open no file, but libc may try (glibc's malloc reads
+/// /proc/sys/vm/overcommit_memory when it trims a thread's heap, and copes when it cannot).
+/// So `open` and `openat` pass the allow-list and a second filter makes them fail with
+/// EACCES: of two stacked filters the kernel keeps the stricter answer, ERRNO over ALLOW.
+fn refuse_opening(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let build = |source| SeccompError::Build { kind, source };
+    let rules = [libc::SYS_open, libc::SYS_openat].into_iter().map(|call| (call, Vec::new())).collect();
+    let errno = SeccompAction::Errno(libc::EACCES as u32);
+    SeccompFilter::new(rules, SeccompAction::Allow, errno, TargetArch::x86_64)
+        .and_then(TryInto::try_into)
+        .map_err(build)
 }
 
 fn program(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
@@ -189,7 +207,6 @@ const RUNTIME: &[i64] = &[
     libc::SYS_socketpair,
     libc::SYS_dup2,
     libc::SYS_dup3,
-    libc::SYS_openat,
     libc::SYS_getdents64,
     libc::SYS_rmdir,
     libc::SYS_wait4,
@@ -200,7 +217,9 @@ const RUNTIME: &[i64] = &[
 ];
 
 fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
-    let mut calls: Vec<i64> = BASE.iter().chain(DEVICE).copied().collect();
+    // open and openat: refused with EACCES by a second filter (see refuse_opening), except
+    // in the runtime's threads, which remove the sandbox directory at the end.
+    let mut calls: Vec<i64> = BASE.iter().chain(DEVICE).copied().chain([libc::SYS_open, libc::SYS_openat]).collect();
     // Every thread may make a socket non-blocking (vsock's host connections).
     let mut ioctls: Vec<u64> = vec![ioctls::FIONBIO];
     let mut unix_sockets = kind == ThreadKind::Device; // vsock connects to the host's listeners

@@ -138,6 +138,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
+    // Read now: the jail empties the environment before the guest runs.
+    let timings = std::env::var_os("MICROVM_TIMINGS").is_some();
     // The launch checks come first: a refused container leaves nothing behind.
     let (spec, rootfs) = container(&args)?;
     let tty = spec
@@ -261,7 +263,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     session.shutdown();
     // The guest powers off once it has answered Shutdown; give it a moment to do so cleanly.
     let report = vm_done.recv_timeout(Duration::from_secs(10));
-    if std::env::var_os("MICROVM_TIMINGS").is_some() {
+    if timings {
         let ms =
             |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
         let report = report.ok().and_then(Result::ok);

@@ -266,3 +266,15 @@ fn a_second_sigterm_kills_the_vm_when_the_process_ignores_the_first() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("second signal, killing the VM"));
     case.assert_nothing_left();
 }
+
+#[test]
+fn stdout_carries_64_mib_under_the_vmms_seccomp_filters() {
+    // Enough output for the vsock worker's heap to grow and shrink: glibc then tries to
+    // open /proc/sys/vm/overcommit_memory, which the filters must refuse, not punish.
+    let case = Case::new("stdout");
+    let out = case.run("rootfs-busybox", &[], &["head", "-c", "67108864", "/dev/zero"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.len(), 64 << 20);
+    assert!(out.stdout.bytes().all(|b| b == 0));
+    case.assert_nothing_left();
+}
