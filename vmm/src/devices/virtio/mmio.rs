@@ -213,22 +213,21 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         let name = self.device.name();
-        let mut active = Vec::with_capacity(self.queues.len());
-        for (i, (q, kick)) in self.queues.iter_mut().zip(&self.kicks).enumerate() {
+        // Everything is checked before any queue is handed over: a refused activation must
+        // leave the queues to the transport, or after a reset the driver would find them gone
+        // (QueueNumMax 0) and could never set the device up again.
+        if let Some(i) = self.queues.iter().position(|q| q.ready() && !q.is_valid(&self.mem)) {
+            tracing::warn!("{name}: queue {i} rings lie outside guest memory or are misaligned");
+            self.device_status |= status::DEVICE_NEEDS_RESET;
+            return;
+        }
+        let mut kicks = Vec::with_capacity(self.queues.len());
+        for (q, kick) in self.queues.iter().zip(&self.kicks) {
             if !q.ready() {
                 continue;
             }
-            if !q.is_valid(&self.mem) {
-                tracing::warn!("{name}: queue {i} rings lie outside guest memory or are misaligned");
-                self.device_status |= status::DEVICE_NEEDS_RESET;
-                return;
-            }
             match kick.try_clone() {
-                Ok(kick) => {
-                    // The device owns the queue from now on: the transport is done with it, as
-                    // a reset after activation is refused.
-                    active.push(ActiveQueue { queue: std::mem::take(q), kick })
-                }
+                Ok(kick) => kicks.push(kick),
                 Err(e) => {
                     tracing::warn!("{name}: clone queue eventfd: {e}");
                     self.device_status |= status::DEVICE_NEEDS_RESET;
@@ -236,12 +235,30 @@ impl MmioTransport {
                 }
             }
         }
+        // The device owns the ready queues from now on: the transport is done with them, as a
+        // reset after activation is refused.
+        let active = self
+            .queues
+            .iter_mut()
+            .filter(|q| q.ready())
+            .zip(kicks)
+            .map(|(q, kick)| ActiveQueue { queue: std::mem::take(q), kick })
+            .collect();
         let interrupt = Interrupt::new(self.interrupt_status.clone(), self.irqfd.clone());
         match self.device.activate(self.mem.clone(), active, interrupt) {
             Ok(()) => self.activated = true,
             Err(e) => {
                 tracing::warn!("activate {e}");
                 self.device_status |= status::DEVICE_NEEDS_RESET;
+                // The device dropped the queues it was given: put fresh ones (as a reset
+                // leaves them) in their place, so the driver can reset and try again.
+                for (q, &max) in self.queues.iter_mut().zip(self.device.queue_max_sizes()) {
+                    if q.max_size() == 0 {
+                        if let Ok(fresh) = Queue::new(max) {
+                            *q = fresh;
+                        }
+                    }
+                }
             }
         }
     }
@@ -289,6 +306,8 @@ mod tests {
     struct Probe {
         acked: u64,
         activated: Arc<Mutex<Option<usize>>>,
+        /// Refuse the first activation, as a device short of queues does.
+        refuse_once: bool,
     }
 
     impl VirtioDevice for Probe {
@@ -311,14 +330,20 @@ mod tests {
             read_config_bytes(&[0xaa, 0xbb], offset, data)
         }
         fn activate(&mut self, _: GuestMemoryMmap, q: Vec<ActiveQueue>, _: Interrupt) -> Result<(), ActivateError> {
+            if std::mem::take(&mut self.refuse_once) {
+                return Err(ActivateError::Device { device: "probe", what: "refused".into() });
+            }
             *self.activated.lock().unwrap() = Some(q.len());
             Ok(())
         }
     }
 
     fn transport() -> (MmioTransport, Arc<Mutex<Option<usize>>>) {
+        transport_with(Probe::default())
+    }
+
+    fn transport_with(probe: Probe) -> (MmioTransport, Arc<Mutex<Option<usize>>>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let probe = Probe::default();
         let activated = probe.activated.clone();
         (MmioTransport::new(Box::new(probe), mem).unwrap(), activated)
     }
@@ -402,6 +427,37 @@ mod tests {
         w(&mut t, 0x070, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
         assert_eq!(*activated.lock().unwrap(), None);
         assert_ne!(r(&t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    /// Found by the `virtio_mmio_regs` fuzz target: a refused activation used to lose the
+    /// queues it had taken (QueueNumMax then read 0), so the driver could never retry.
+    #[test]
+    fn refused_activation_leaves_the_queues_for_a_retry() {
+        const ALL: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        let (mut t, activated) = transport_with(Probe { refuse_once: true, ..Probe::default() });
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 0x10000);
+        w(&mut t, 0x070, ALL);
+        assert_eq!(*activated.lock().unwrap(), None);
+        assert_ne!(r(&t, 0x070) & status::DEVICE_NEEDS_RESET, 0);
+        w(&mut t, 0x070, 0);
+        w(&mut t, 0x030, 0);
+        assert_eq!(r(&t, 0x034), 16, "queue 0 keeps its maximum size");
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 0x10000);
+        w(&mut t, 0x070, ALL);
+        assert_eq!(*activated.lock().unwrap(), Some(1));
+
+        // A bad second queue is refused before the good first one is handed over.
+        let (mut t, activated) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 0x10000);
+        setup_queue(&mut t, 1, 0x4000_0000);
+        w(&mut t, 0x070, ALL);
+        assert_eq!(*activated.lock().unwrap(), None);
+        w(&mut t, 0x070, 0);
+        w(&mut t, 0x030, 0);
+        assert_eq!(r(&t, 0x034), 16);
     }
 
     #[test]

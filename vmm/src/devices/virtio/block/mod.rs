@@ -101,20 +101,27 @@ fn serve(mem: GuestMemoryMmap, mut queue: Queue, kick: EventFd, interrupt: Inter
     }
     let mut disk = Disk { backend: &mut file, size, read_only, id: &id };
     while kick.read().is_ok() {
-        while let Some(chain) = queue.pop_descriptor_chain(&mem) {
-            let head = chain.head_index();
-            let used = request::process(&mem, chain, &mut disk).unwrap_or_else(|e| {
-                tracing::warn!("virtio-blk: request {head} rejected: {e}");
-                0
-            });
-            if let Err(e) = queue.add_used(&mem, head, used) {
-                tracing::warn!("virtio-blk: used ring: {e:?}");
-            }
-        }
-        if queue.needs_notification(&mem).unwrap_or(true) {
+        if process_queue(&mem, &mut queue, &mut disk) {
             if let Err(e) = interrupt.signal_used() {
                 tracing::warn!("virtio-blk: interrupt: {e}");
             }
         }
     }
+}
+
+/// One notification's work: runs every available request in `queue` against `disk` and
+/// returns whether the guest should be interrupted. The worker's loop body, public so that
+/// the fuzz targets (fuzz/) drive exactly this code.
+pub fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue, disk: &mut Disk<'_>) -> bool {
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let used = request::process(mem, chain, disk).unwrap_or_else(|e| {
+            tracing::warn!("virtio-blk: request {head} rejected: {e}");
+            0
+        });
+        if let Err(e) = queue.add_used(mem, head, used) {
+            tracing::warn!("virtio-blk: used ring: {e:?}");
+        }
+    }
+    queue.needs_notification(mem).unwrap_or(true)
 }
