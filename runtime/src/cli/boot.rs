@@ -39,19 +39,8 @@ pub struct BootArgs {
     /// Attach FILE as a read-only virtio-blk disk (after the --disk ones)
     #[arg(long, value_name = "FILE")]
     ro_disk: Vec<PathBuf>,
-    /// Seccomp filters on the VMM's threads: enforce, log (allow and log to the kernel log) or off
-    #[arg(long, value_enum, default_value = "enforce", env = "MICROVM_SECCOMP")]
-    seccomp: super::SeccompArg,
-    /// Run the jailed VMM as this unprivileged uid (needs root; with --jail-gid)
-    #[arg(long, value_name = "UID", requires = "jail_gid")]
-    jail_uid: Option<u32>,
-    /// ... and this gid
-    #[arg(long, value_name = "GID", requires = "jail_uid")]
-    jail_gid: Option<u32>,
-    /// Skip the jail (mount namespace, closed fds, empty environment, rlimits): for
-    /// debugging and for measuring what it costs
-    #[arg(long, conflicts_with = "jail_uid")]
-    no_jail: bool,
+    #[command(flatten)]
+    confinement: super::ConfinementArgs,
 }
 
 pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
@@ -63,7 +52,7 @@ pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
     };
     config.mem_mib = args.memory;
     config.vcpus = args.cpus;
-    config.seccomp = args.seccomp.into();
+    config.seccomp = args.confinement.seccomp.into();
     config.console = match args.console {
         Some(path) if path.as_os_str() != "-" => Console::File(path),
         _ => Console::Stdout,
@@ -79,9 +68,7 @@ pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
     // The jail's root holds a sandbox directory of its own (removed at the end).
     let sandbox = crate::sandbox::SandboxDir::create(None)?;
     let vmm = Vmm::boot(&config, start)?;
-    if !args.no_jail {
-        crate::jail::enter(sandbox.path(), args.jail_uid.zip(args.jail_gid))?;
-    }
+    args.confinement.enter_jail(sandbox.path())?;
     // boot keeps nothing in it: removed now (with the handle on its parent), the directory lives on (deleted) as the jail's
     // only content, and nothing is left behind however the VMM ends.
     drop(sandbox);

@@ -23,3 +23,31 @@ impl From<SeccompArg> for vmm::seccomp::SeccompMode {
         }
     }
 }
+
+/// How `boot` and `run` confine the VMM: seccomp, and the jail (see crate::jail).
+#[derive(Debug, clap::Args)]
+pub struct ConfinementArgs {
+    /// Seccomp filters on the VMM's threads: enforce, log (allow and log to the kernel log) or off
+    #[arg(long, value_enum, default_value = "enforce", env = "MICROVM_SECCOMP")]
+    pub seccomp: SeccompArg,
+    /// Run the jailed VMM as this unprivileged uid (needs root; with --jail-gid)
+    #[arg(long, value_name = "UID", requires = "jail_gid")]
+    jail_uid: Option<u32>,
+    /// ... and this gid
+    #[arg(long, value_name = "GID", requires = "jail_uid")]
+    jail_gid: Option<u32>,
+    /// Skip the jail (mount namespace, closed fds, empty environment, rlimits): for
+    /// debugging and for measuring what it costs
+    #[arg(long, conflicts_with = "jail_uid")]
+    no_jail: bool,
+}
+
+impl ConfinementArgs {
+    /// Enters the jail around `sandbox`, unless `--no-jail`.
+    pub fn enter_jail(&self, sandbox: &std::path::Path) -> Result<(), crate::jail::JailError> {
+        if self.no_jail {
+            return Ok(());
+        }
+        crate::jail::enter(sandbox, self.jail_uid.zip(self.jail_gid))
+    }
+}

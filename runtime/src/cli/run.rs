@@ -122,19 +122,8 @@ pub struct RunArgs {
     /// The container's network: host (the guest's, default) or none (a namespace of its own)
     #[arg(long, default_value = "host", value_parser = ["host", "none"])]
     network: String,
-    /// Seccomp filters on the VMM's threads: enforce, log (allow and log to the kernel log) or off
-    #[arg(long, value_enum, default_value = "enforce", env = "MICROVM_SECCOMP")]
-    seccomp: super::SeccompArg,
-    /// Run the jailed VMM as this unprivileged uid (needs root; with --jail-gid)
-    #[arg(long, value_name = "UID", requires = "jail_gid")]
-    jail_uid: Option<u32>,
-    /// ... and this gid
-    #[arg(long, value_name = "GID", requires = "jail_uid")]
-    jail_gid: Option<u32>,
-    /// Skip the jail (mount namespace, closed fds, empty environment, rlimits): for
-    /// debugging and for measuring what it costs
-    #[arg(long, conflicts_with = "jail_uid")]
-    no_jail: bool,
+    #[command(flatten)]
+    confinement: super::ConfinementArgs,
 }
 
 pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
@@ -207,13 +196,11 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         uds_path: uds.clone(),
     });
 
-    config.seccomp = args.seccomp.into();
+    config.seccomp = args.confinement.seccomp.into();
     let vmm = Vmm::boot(&config, start)?;
     // Before the guest's first instruction: the jail, then seccomp for this thread and all it
     // starts (the VMM's among them, which add their own narrower filters).
-    if !args.no_jail {
-        crate::jail::enter(sandbox.path(), args.jail_uid.zip(args.jail_gid))?;
-    }
+    args.confinement.enter_jail(sandbox.path())?;
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
     let (vm_done_tx, vm_done) = mpsc::channel();
     std::thread::Builder::new()
