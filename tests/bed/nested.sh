@@ -15,6 +15,8 @@
 #   --verbose         show L1's boot console too (slower: each byte is emulated)
 #   --console-errors  show L1's console at kernel log level error and worse only (an
 #                     oops or panic of L1 reaches the output; little else does)
+#   --timeout SECONDS stop L1 if COMMAND has not ended by then (exit 125, "L1 died"):
+#                     L1 has been seen to hang for good, with no message, under load
 #
 # COMMAND runs as root in L1 with cwd = the repo root, under bash, with these
 # variables from the caller: PATH HOME USER LOGNAME TERM TZ LANG LANGUAGE LC_*
@@ -38,7 +40,7 @@ source "$here/lib.sh"
 die() { echo "nested.sh: $*" >&2; exit 125; }
 usage() { sed -n "2,25s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
 
-cpus=2 memory=4G verbose='' timing='' repo_rw=1 errors_only=
+cpus=2 memory=4G verbose='' timing='' repo_rw=1 errors_only= limit=
 rwdirs=() extra_env=()
 while (($#)); do
 	case $1 in
@@ -50,6 +52,7 @@ while (($#)); do
 	--time) timing=1; shift ;;
 	--verbose | -v) verbose=1 timing=1; shift ;;
 	--console-errors) errors_only=1; shift ;;
+	--timeout) limit=${2:?}; shift 2 ;;
 	--) shift; break ;;
 	-h | --help) usage 0 ;;
 	-*) echo "nested.sh: unknown option $1" >&2; usage ;;
@@ -82,6 +85,7 @@ vpid='' pollpid=''
 cleanup() {
 	[[ -n $vpid ]] && kill -TERM -- "-$vpid" 2>/dev/null
 	[[ -n $pollpid ]] && kill "$pollpid" 2>/dev/null
+	[[ -n ${dogpid:-} ]] && kill "$dogpid" 2>/dev/null
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -170,9 +174,16 @@ fi
 PATH="$(dirname "$vng"):$PATH" setsid "$vng" "${vng_args[@]}" -- "exec /bin/bash $share/run.sh" \
 	<&0 >"$tmp/out" 2>"$tmp/err" &
 vpid=$!
+if [[ -n $limit ]]; then
+	# The watchdog stops the whole group; then the status file is missing and L1 "died".
+	(sleep "$limit"; echo "nested.sh: COMMAND still running after $limit s: stopping L1" >&2
+		kill -TERM -- "-$vpid" 2>/dev/null) </dev/null &
+	dogpid=$!
+fi
 vrc=0
 wait "$vpid" || vrc=$?
 vpid=
+[[ -n ${dogpid:-} ]] && { kill "$dogpid" 2>/dev/null || true; }
 wait "$opid" "$epid" || true
 
 if [[ -n $timing ]]; then

@@ -89,16 +89,26 @@ impl Case {
 
     /// `run` with a time limit of its own, for workloads that are slow under emulation.
     pub fn run_for(&self, limit: Duration, image: &str, extra: &[&str], cmd: &[&str]) -> Outcome {
-        self.microvm()
-            .timeout(limit)
-            .arg("run")
-            .arg("--kernel")
-            .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"))
-            .args(extra)
-            .arg(suite().rootfs.join(image))
-            .arg("--")
-            .args(cmd)
-            .run()
+        let once = || {
+            self.microvm()
+                .timeout(limit)
+                .arg("run")
+                .arg("--kernel")
+                .arg(input("MICROVM_KERNEL_DIR").join("vmlinux"))
+                .args(extra)
+                .arg(suite().rootfs.join(image))
+                .arg("--")
+                .args(cmd)
+                .run()
+        };
+        let out = once();
+        if !emulator_boot_fault(&out) {
+            return out;
+        }
+        // Straight to stderr, past libtest's capture: tests/run.sh counts these lines.
+        let line = format!("microvm-test-retry: {}\n", out.stderr.trim());
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        once()
     }
 
     /// Nothing of a finished run stays: no sandbox directory, no VMM process.
@@ -113,4 +123,14 @@ impl Case {
             "a microvm process is still running"
         );
     }
+}
+
+/// In the nested bed (QEMU's emulated SVM under L1's KVM) a guest boot once triple-faulted
+/// before its agent answered, in about 600 boots of these suites, with nothing on the console
+/// and a register dump that KVM had already reset; the cause is not known. Such a run is tried
+/// once more, and only there: on hardware KVM a triple fault is a failure like any other.
+fn emulator_boot_fault(out: &Outcome) -> bool {
+    std::env::var("MICROVM_BED").as_deref() == Ok("nested")
+        && out.code == Some(125)
+        && out.stderr.contains("the VM stopped before its agent answered: guest triple fault")
 }
