@@ -30,6 +30,8 @@ pub enum BootError {
     KernelOpen { path: PathBuf, source: std::io::Error },
     #[error("kernel {path}: not an ELF vmlinux or a bzImage")]
     KernelFormat { path: PathBuf },
+    #[error("kernel {path}: its image ends at {end:#x}, outside guest memory")]
+    KernelTooLarge { path: PathBuf, end: u64 },
     #[error("kernel {path}: {source}")]
     KernelLoad { path: PathBuf, source: linux_loader::loader::Error },
     #[error("initrd {path}: {source}")]
@@ -64,7 +66,19 @@ const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 /// Loads an ELF vmlinux (entered through PVH when it carries the PVH note) or a bzImage.
+/// The whole image must lie in guest RAM: linux-loader copies only the ELF segments' file
+/// bytes, so a segment whose memory size (its bss) runs past the end of RAM would otherwise
+/// be accepted (found by the `kernel_loader` fuzz target).
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelEntry> {
+    let kernel = load_kernel_image(mem, path)?;
+    let last = kernel.end.checked_sub(1).map(GuestAddress);
+    if last.is_some_and(|last| !mem.address_in_range(last)) {
+        return Err(BootError::KernelTooLarge { path: path.to_owned(), end: kernel.end });
+    }
+    Ok(kernel)
+}
+
+fn load_kernel_image(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelEntry> {
     let open_err = |source| BootError::KernelOpen { path: path.to_owned(), source };
     let load_err = |source| BootError::KernelLoad { path: path.to_owned(), source };
     let mut file = File::open(path).map_err(open_err)?;
@@ -302,5 +316,43 @@ mod tests {
         let err = load_kernel(&mem, &empty).unwrap_err();
         std::fs::remove_file(&empty).unwrap();
         assert!(matches!(err, BootError::KernelFormat { .. }), "{err}");
+    }
+
+    /// Found by the `kernel_loader` fuzz target: an ELF segment with 16 file bytes and a
+    /// memory size of 3 TiB was accepted, its end far outside the guest.
+    #[test]
+    fn kernel_image_beyond_guest_memory_is_refused() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let elf = |memsz: u64| {
+            let mut f = Vec::new();
+            f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+            for v in [2u16, 0x3e] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend_from_slice(&1u32.to_le_bytes());
+            for v in [HIMEM_START, 64, 0] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend_from_slice(&0u32.to_le_bytes());
+            for v in [64u16, 56, 1, 64, 0, 0] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            // PT_LOAD, R+X, 16 file bytes at offset 120 to HIMEM_START.
+            f.extend_from_slice(&1u32.to_le_bytes());
+            f.extend_from_slice(&5u32.to_le_bytes());
+            for v in [120, HIMEM_START, HIMEM_START, 16, memsz, 0x1000] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend_from_slice(&[0xf4; 16]);
+            f
+        };
+        let path = std::env::temp_dir().join(format!("microvm-boot-test-big-{}", std::process::id()));
+        std::fs::write(&path, elf(16)).unwrap();
+        let ok = load_kernel(&mem, &path).unwrap();
+        assert_eq!(ok.end, HIMEM_START + 16);
+        std::fs::write(&path, elf(3 << 40)).unwrap();
+        let err = load_kernel(&mem, &path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, BootError::KernelTooLarge { end, .. } if end == HIMEM_START + (3 << 40)), "{err}");
     }
 }
