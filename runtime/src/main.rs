@@ -1,14 +1,18 @@
 //! `microvm`: runs containers in KVM microVMs. One file per verb under `cli/`.
 
+mod binds;
 mod cli;
 mod host;
 mod initramfs;
 mod jail;
 mod launch_checks;
+mod oci;
 mod rootfs;
 mod sandbox;
+mod session;
 mod spec;
 mod tty;
+mod vm;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -19,10 +23,20 @@ use clap::{Parser, Subcommand};
 const EXIT_RUNTIME_ERROR: u8 = 125;
 
 #[derive(Parser)]
-#[command(name = "microvm", version, about = "Run containers in KVM microVMs")]
+#[command(
+    name = "microvm",
+    about = "Run containers in KVM microVMs",
+    disable_version_flag = true,
+    arg_required_else_help = true
+)]
 struct Cli {
+    /// Print the version, as runc does (version, commit, spec)
+    #[arg(short = 'v', long)]
+    version: bool,
+    #[command(flatten)]
+    global: cli::oci::GlobalArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -31,6 +45,8 @@ enum Command {
     Pack(cli::pack::PackArgs),
     Boot(cli::boot::BootArgs),
     Check(cli::check::CheckArgs),
+    #[command(flatten)]
+    Oci(cli::oci::OciCommand),
 }
 
 fn main() -> ExitCode {
@@ -44,21 +60,77 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run(_) | Command::Boot(_)) {
-        // Nothing a caller left open reaches the VMM.
-        jail::close_inherited_fds();
+    match &cli.command {
+        // Nothing a caller left open reaches the VMM...
+        Some(Command::Run(_) | Command::Boot(_)) => jail::close_fds_from(3),
+        // ...but the VMM process of a container keeps create's pipe.
+        Some(Command::Oci(cli::oci::OciCommand::Monitor(_))) => {
+            jail::close_fds_from(oci::monitor::READY_FD as u32 + 1)
+        }
+        _ => {}
     }
+    // runc's callers expect 1 from a failed verb; microvm's own commands use 125, as docker.
+    let failure = match &cli.command {
+        Some(Command::Oci(_)) => 1,
+        _ => EXIT_RUNTIME_ERROR,
+    };
     let result = match cli.command {
-        Command::Run(args) => cli::run::run(*args, start),
-        Command::Pack(args) => cli::pack::run(args),
-        Command::Boot(args) => cli::boot::run(args, start),
-        Command::Check(args) => cli::check::run(args),
+        None => {
+            println!(
+                "microvm version {}\ncommit: {}\nspec: {}",
+                env!("CARGO_PKG_VERSION"),
+                option_env!("MICROVM_COMMIT").unwrap_or("unknown"),
+                cli::oci::OCI_VERSION
+            );
+            Ok(0)
+        }
+        Some(Command::Run(args)) => cli::run::run(*args, start),
+        Some(Command::Pack(args)) => cli::pack::run(args),
+        Some(Command::Boot(args)) => cli::boot::run(args, start),
+        Some(Command::Check(args)) => cli::check::run(args),
+        Some(Command::Oci(command)) => cli::oci::run(&cli.global, command, start),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("microvm: {e:#}");
-            ExitCode::from(EXIT_RUNTIME_ERROR)
+            eprintln!("microvm: {}", one_line(&e));
+            ExitCode::from(failure)
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: our error types name their source
+/// in their own message (so they read well alone), and anyhow's `{:#}` would repeat it.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(30);
+        let outer = anyhow::Error::new(io).context(format!(
+            "image cache /c: {}",
+            std::io::Error::from_raw_os_error(30)
+        ));
+        assert_eq!(
+            one_line(&outer),
+            "image cache /c: Read-only file system (os error 30)"
+        );
+        let plain = anyhow::anyhow!("disk full").context("write /x");
+        assert_eq!(one_line(&plain), "write /x: disk full");
     }
 }
