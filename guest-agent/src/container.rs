@@ -79,6 +79,42 @@ pub struct Spawned {
     pub stdout: OwnedFd,
     /// The process's stderr (none with a terminal).
     pub stderr: Option<OwnedFd>,
+    /// With `hold`, the container is built and its process waits just before exec until this
+    /// releases it (OCI `create`, then `start`).
+    pub held: Option<Held>,
+}
+
+/// A built container whose process waits for [`Held::release`] before it execs.
+pub struct Held {
+    channel: Channel,
+    program: String,
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held").field("program", &self.program).finish_non_exhaustive()
+    }
+}
+
+impl Held {
+    /// Lets the process exec, and waits until it did (or says why it could not).
+    pub fn release(mut self) -> Result<(), SpawnError> {
+        go(&mut self.channel, &self.program)
+    }
+}
+
+/// Sends Go and waits for the end of the stream: execve succeeded and closed the container's
+/// end of the channel.
+fn go(channel: &mut Channel, program: &str) -> Result<(), SpawnError> {
+    let channel_error = |source| SpawnError::Channel {
+        program: program.to_owned(),
+        source,
+    };
+    channel.send(&ToContainer::Go).map_err(channel_error)?;
+    match channel.recv().map_err(channel_error)? {
+        None => Ok(()),
+        other => Err(unexpected(program, other)),
+    }
 }
 
 /// A setup step of the direct path, between fork and exec.
@@ -145,6 +181,8 @@ pub enum SpawnError {
     Channel { program: String, source: io::Error },
     #[error("{program}: {source}")]
     Exec { program: String, source: io::Error },
+    #[error("create a process without starting it: only in a sandbox")]
+    NoHold,
 }
 
 impl SpawnError {
@@ -167,16 +205,19 @@ impl SpawnError {
             | SpawnError::Setup { .. }
             | SpawnError::Container { .. }
             | SpawnError::Channel { .. } => ErrorKind::Other,
+            SpawnError::NoHold => ErrorKind::InvalidRequest,
         }
     }
 }
 
-/// Starts `request` under `reaper`, which calls `on_exit` when the process ends.
+/// Starts `request` under `reaper`, which calls `on_exit` when the process ends. With `hold`
+/// the process waits before exec for [`Spawned::held`] to release it (sandboxed path only).
 pub fn spawn(
     request: &StartProcess,
     config: &SpawnConfig,
     reaper: &Reaper,
     on_exit: OnExit,
+    hold: bool,
 ) -> Result<Spawned, SpawnError> {
     let process = request.process();
     let args = process.args().clone().unwrap_or_default();
@@ -206,7 +247,9 @@ pub fn spawn(
     let stdio = attach_stdio(&mut command, request, !config.sandbox)?;
 
     if config.sandbox {
-        start_sandboxed(command, request, &program, stdio, config, reaper, on_exit)
+        start_sandboxed(command, request, &program, stdio, config, reaper, on_exit, hold)
+    } else if hold {
+        Err(SpawnError::NoHold)
     } else {
         start_direct(command, request, &program, stdio, reaper, on_exit)
     }
@@ -261,6 +304,7 @@ fn terminal_stdio(master: OwnedFd, stdin: bool) -> Result<AgentStdio, SpawnError
 }
 
 /// The guest path: see the module documentation.
+#[allow(clippy::too_many_arguments)] // spawn's inputs, passed through once
 fn start_sandboxed(
     mut command: Command,
     request: &StartProcess,
@@ -269,6 +313,7 @@ fn start_sandboxed(
     config: &SpawnConfig,
     reaper: &Reaper,
     on_exit: OnExit,
+    hold: bool,
 ) -> Result<Spawned, SpawnError> {
     let channel_error = |source| SpawnError::Channel {
         program: program.to_owned(),
@@ -337,7 +382,7 @@ fn start_sandboxed(
     let setup = started.elapsed();
     // The setup process exits by itself and the reaper collects it; `child` only holds the
     // agent's ends of the pipes.
-    let spawned = spawned(pid, setup, stdio, &mut child)?;
+    let mut spawned = spawned(pid, setup, stdio, &mut child)?;
     drop(command);
     drop(child_end);
     drop(console);
@@ -345,12 +390,15 @@ fn start_sandboxed(
     if config.boot_timer {
         signal_boot_timer();
     }
-    channel.send(&ToContainer::Go).map_err(channel_error)?;
-    // End of stream: execve succeeded and closed the container's end.
-    match channel.recv().map_err(channel_error)? {
-        None => {}
-        other => return Err(unexpected(program, other)),
+    if hold {
+        // Nothing is read while held, so the channel's read timeout only counts after Go.
+        spawned.held = Some(Held {
+            channel,
+            program: program.to_owned(),
+        });
+        return Ok(spawned);
     }
+    go(&mut channel, program)?;
     Ok(spawned)
 }
 
@@ -512,6 +560,7 @@ fn spawned(
             stdin,
             stdout,
             stderr: None,
+            held: None,
         });
     }
     Ok(Spawned {
@@ -529,6 +578,7 @@ fn spawned(
                 source: io::ErrorKind::NotFound.into(),
             })?,
         stderr: child.stderr.take().map(OwnedFd::from),
+        held: None,
     })
 }
 

@@ -11,14 +11,15 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 
 use protocol::{
-    agent_handshake, read_frame, write_frame, ErrorKind, Event, HandshakeError, Message, Request,
-    Response, StartProcess, Stream, TerminalSize, TransportError,
+    agent_handshake, read_frame, write_frame, ErrorKind, Event, GuestFile, HandshakeError, Message,
+    Request, Response, StartProcess, Stream, TerminalSize, TransportError, GUEST_FILES_DIR,
 };
 
-use crate::container::{self, SpawnConfig};
+use crate::container::{self, Held, SpawnConfig};
 use crate::process::{lock, Exit, Process};
 use crate::reaper::{OnExit, Reaper};
 use crate::stdio::{self, relay_input, relay_output, Connection, StdioError};
@@ -76,6 +77,8 @@ pub struct Agent {
     reaper: &'static Reaper,
     version: String,
     process: Mutex<Option<Arc<Process>>>,
+    /// The process CreateProcess built, waiting before exec for StartCreated.
+    held: Mutex<Option<(u32, Held)>>,
 }
 
 impl Agent {
@@ -85,6 +88,7 @@ impl Agent {
             reaper,
             version: version.into(),
             process: Mutex::new(None),
+            held: Mutex::new(None),
         }
     }
 
@@ -144,7 +148,9 @@ impl Agent {
                 ErrorKind::InvalidRequest,
                 "Hello again: the handshake is done".to_owned(),
             )),
-            Request::StartProcess(start) => self.start_process(&start),
+            Request::StartProcess(start) => self.start_process(&start, false),
+            Request::CreateProcess(start) => self.start_process(&start, true),
+            Request::StartCreated { pid } => self.start_created(pid),
             Request::Signal { pid, signal } => self.signal(pid, signal),
             Request::ResizeTerminal { pid, size } => self.resize(pid, size),
             Request::CloseStdin { pid } => self.find(pid).map(|process| {
@@ -159,7 +165,8 @@ impl Agent {
         result.unwrap_or_else(|response| response)
     }
 
-    fn start_process(&self, start: &StartProcess) -> Result<Response, Response> {
+    /// StartProcess, or with `hold` CreateProcess.
+    fn start_process(&self, start: &StartProcess, hold: bool) -> Result<Response, Response> {
         let mut slot = lock(&self.process);
         if let Some(process) = slot.as_ref() {
             let message = format!(
@@ -168,6 +175,7 @@ impl Agent {
             );
             return Err(error(ErrorKind::InvalidRequest, message));
         }
+        write_guest_files(&start.files)?;
         let outputs = if start.terminal.is_some() { 1 } else { 2 };
         let exit = Exit::new(outputs).map_err(|e| {
             error(
@@ -180,9 +188,12 @@ impl Agent {
             let exit = Arc::clone(&exit);
             Box::new(move |status| exit.set_exited(status))
         };
-        let spawned = container::spawn(start, &self.config, self.reaper, on_exit)
+        let mut spawned = container::spawn(start, &self.config, self.reaper, on_exit, hold)
             .map_err(|e| error(e.kind(), e.to_string()))?;
         let pid = spawned.pid;
+        if let Some(held) = spawned.held.take() {
+            *lock(&self.held) = Some((pid, held));
+        }
         let setup_micros = u64::try_from(spawned.setup.as_micros()).unwrap_or(u64::MAX);
         *slot = Some(Arc::new(Process::new(
             pid,
@@ -193,6 +204,23 @@ impl Agent {
             spawned.stderr,
         )));
         Ok(Response::ProcessStarted { pid, setup_micros })
+    }
+
+    fn start_created(&self, pid: u32) -> Result<Response, Response> {
+        let held = {
+            let mut held = lock(&self.held);
+            match held.take() {
+                Some((held_pid, h)) if held_pid == pid => h,
+                other => {
+                    *held = other;
+                    let message = format!("no process {pid} waits to start (created and not started)");
+                    return Err(error(ErrorKind::InvalidRequest, message));
+                }
+            }
+        };
+        held.release()
+            .map(|()| Response::Ok)
+            .map_err(|e| error(e.kind(), e.to_string()))
     }
 
     fn signal(&self, pid: u32, signal: i32) -> Result<Response, Response> {
@@ -328,6 +356,24 @@ impl Agent {
             }
         }
     }
+}
+
+/// Writes the host's copies of bind-mount sources, each under GUEST_FILES_DIR only.
+fn write_guest_files(files: &[GuestFile]) -> Result<(), Response> {
+    let dir = Path::new(GUEST_FILES_DIR);
+    for file in files {
+        let path = Path::new(&file.path);
+        let inside = path.parent() == Some(dir)
+            && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !inside {
+            let message = format!("file {}: only files directly in {GUEST_FILES_DIR} can be written", file.path);
+            return Err(error(ErrorKind::InvalidRequest, message));
+        }
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(path, &file.contents))
+            .map_err(|e| error(ErrorKind::Other, format!("file {}: {e}", file.path)))?;
+    }
+    Ok(())
 }
 
 fn error(kind: ErrorKind, message: String) -> Response {
@@ -628,6 +674,20 @@ mod tests {
         assert_eq!(
             host.start(bad_env).unwrap_err().0,
             ErrorKind::InvalidRequest
+        );
+        // Host files go under GUEST_FILES_DIR only.
+        for path in ["/etc/passwd", "/run/microvm-files/../x", "/run/microvm-files/a/b"] {
+            let mut stray = process(&["/bin/true"]);
+            stray.files.push(GuestFile { path: path.into(), contents: b"x".to_vec() });
+            let (kind, message) = host.start(stray).unwrap_err();
+            assert_eq!(kind, ErrorKind::InvalidRequest, "{path}");
+            assert!(message.contains(path), "{message}");
+        }
+        // CreateProcess holds a process before exec, which only the sandboxed path can do.
+        let held = host.request(Request::CreateProcess(process(&["/bin/true"])));
+        assert!(
+            matches!(held, Response::Error { kind: ErrorKind::InvalidRequest, .. }),
+            "{held:?}"
         );
     }
 

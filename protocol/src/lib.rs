@@ -32,6 +32,11 @@
 //!    [`ExitStatusWire::shell_code`] once it has that event and EOF on its output streams.
 //! 6. Host sends [`Request::Shutdown`]; the agent answers `Ok` and powers the VM off.
 //!
+//! # An OCI `create`, then `start`
+//! As above, but step 2 is [`Request::CreateProcess`]: the container is built and its process
+//! waits just before exec. The host attaches the streams and sends `WaitProcess` at once (so a
+//! `kill` before `start` is reported like any exit); [`Request::StartCreated`] lets it exec.
+//!
 //! Each request gets exactly one response, in request order; events may arrive between
 //! responses, and the frame kind tells them apart.
 //!
@@ -65,12 +70,12 @@ pub use frame::{
 pub use handshake::{agent_handshake, host_handshake, AgentInfo, HandshakeError};
 pub use io::{read_frame, write_frame, TransportError};
 pub use messages::{
-    ErrorKind, Event, ExitStatusWire, Message, Request, Response, StartProcess, Stream,
-    StreamHello, TerminalSize,
+    ErrorKind, Event, ExitStatusWire, GuestFile, Message, Request, Response, StartProcess,
+    Stream, StreamHello, TerminalSize, GUEST_FILES_DIR,
 };
 
 /// The version both sides must speak; bump it on any change to frames or messages.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Vsock port of the control connection.
 pub const AGENT_CONTROL_PORT: u32 = 1024;

@@ -60,6 +60,13 @@ pub enum Request {
     /// Start the container process. Answered by [`Response::ProcessStarted`] or
     /// [`Response::Error`] (whose [`ErrorKind::exit_code`] is then the exit code to report).
     StartProcess(StartProcess),
+    /// Build the container and its process as StartProcess does, but hold the process just
+    /// before it execs (OCI `create`). Answered like StartProcess; the process's streams can be
+    /// attached, and it can be signalled or waited for, before [`Request::StartCreated`].
+    CreateProcess(StartProcess),
+    /// Let the process that CreateProcess held exec (OCI `start`). Answered by
+    /// [`Response::Ok`] once it has, or [`Response::Error`] when exec failed.
+    StartCreated { pid: u32 },
     /// Send `signal` (a Linux signal number) to process `pid`. Answered by [`Response::Ok`].
     Signal { pid: u32, signal: i32 },
     /// Resize the terminal of process `pid`. Answered by [`Response::Ok`].
@@ -92,7 +99,22 @@ pub struct StartProcess {
     /// Run the agent's reaping init as PID 1 of the container, with the process as its child,
     /// as `docker run --init` does with tini.
     pub init: bool,
+    /// Small files to write into the guest before the container is built: the copied sources
+    /// of the spec's bind mounts (podman's /etc/hosts and the like), which name them by path.
+    #[serde(default)]
+    pub files: Vec<GuestFile>,
 }
+
+/// A file the host copies into the guest, under [`GUEST_FILES_DIR`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestFile {
+    pub path: String,
+    pub contents: Vec<u8>,
+}
+
+/// Where the agent writes [`GuestFile`]s; a file elsewhere is refused.
+pub const GUEST_FILES_DIR: &str = "/run/microvm-files";
 
 impl StartProcess {
     /// A process with no sandbox settings beyond the spec's defaults: `args` with `env`, in
@@ -109,6 +131,7 @@ impl StartProcess {
             terminal: None,
             stdin: false,
             init: false,
+            files: Vec::new(),
         }
     }
 

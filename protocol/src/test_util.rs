@@ -27,6 +27,8 @@ pub(crate) fn samples() -> Vec<Message> {
         }
         .into(),
         Request::StartProcess(start.clone()).into(),
+        Request::CreateProcess(start.clone()).into(),
+        Request::StartCreated { pid: 7 }.into(),
         Request::StartProcess(StartProcess {
             terminal: None,
             stdin: false,

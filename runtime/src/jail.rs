@@ -14,7 +14,7 @@
 //!
 //! The mount namespace needs CAP_SYS_ADMIN; without it (microvm run by a user in the kvm
 //! group) that part is skipped and said so in the debug log. Inherited descriptors are closed
-//! at start-up ([`close_inherited_fds`]); seccomp comes right after the jail
+//! at start-up ([`close_fds_from`]); seccomp comes right after the jail
 //! (`vmm::seccomp`).
 
 use std::ffi::OsString;
@@ -52,11 +52,11 @@ fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> JailError {
     move |source| JailError::Io { step, source }
 }
 
-/// Closes every descriptor above stderr: nothing a caller left open reaches the VMM.
-pub fn close_inherited_fds() {
-    // SAFETY: close_range(2) on descriptors this process does not use yet (called first thing
-    // in main, before anything is opened); flags 0.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+/// Closes every descriptor from `first` on: nothing a caller left open reaches the VMM.
+pub fn close_fds_from(first: u32) {
+    // SAFETY: close_range(2) on descriptors this process does not use (called first thing in
+    // main, before anything is opened); flags 0.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
 }
 
 /// Enters the jail; see the module documentation. Must run while the process has one thread.

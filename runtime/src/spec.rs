@@ -207,7 +207,7 @@ fn capabilities(options: &Options) -> anyhow::Result<Vec<Capability>> {
 }
 
 /// Every capability oci-spec knows.
-fn all_capabilities() -> Vec<Capability> {
+pub fn all_capabilities() -> Vec<Capability> {
     ALL_NAMES
         .iter()
         .filter_map(|name| Capability::from_str(name).ok())

@@ -260,6 +260,14 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
     if unix_sockets {
         rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![arg_eq(0, libc::AF_UNIX as u64)?])?]);
     }
+    if kind == ThreadKind::Runtime {
+        // Read timeouts on the runtime's own sockets (the OCI VMM process's control socket).
+        let timeout = SeccompRule::new(vec![
+            arg_eq(1, libc::SOL_SOCKET as u64)?,
+            arg_eq(2, libc::SO_RCVTIMEO as u64)?,
+        ])?;
+        rules.insert(libc::SYS_setsockopt, vec![timeout]);
+    }
     Ok(rules)
 }
 

@@ -1,5 +1,6 @@
 pub mod boot;
 pub mod check;
+pub mod oci;
 pub mod pack;
 pub mod run;
 

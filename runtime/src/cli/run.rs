@@ -9,31 +9,21 @@
 //! shut the VM down.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use protocol::{
-    Event, ExitStatusWire, Message, Request, Response, StartProcess, Stream, StreamHello,
-    TerminalSize,
-};
-use vmm::config::{Console, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
-use vmm::Vmm;
+use oci_spec::runtime::Spec;
+use protocol::{Request, Response, StartProcess, TerminalSize};
 
-use crate::host;
 use crate::launch_checks::{self, Policy};
 use crate::sandbox::SandboxDir;
+use crate::session::{HostStdio, Sender, Session};
 use crate::spec;
-use oci_spec::runtime::Spec;
+use crate::vm::VmSpec;
 
-/// The guest's vsock context id (2 is the host; 3 is the first guest id).
-const GUEST_CID: u64 = 3;
-/// How long the agent may take to answer on vsock after the VM starts.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A second Ctrl-C or SIGTERM within this long kills the VM.
 const FORCE_WINDOW: Duration = Duration::from_secs(3);
 
@@ -130,7 +120,8 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     // Read now: the jail empties the environment before the guest runs.
     let timings = std::env::var_os("MICROVM_TIMINGS").is_some();
     // The launch checks come first: a refused container leaves nothing behind.
-    let (spec, rootfs) = container(&args)?;
+    let (mut spec, rootfs) = container(&args)?;
+    let files = crate::binds::copy_into_guest(&mut spec)?;
     let tty = spec
         .process()
         .as_ref()
@@ -141,74 +132,22 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => host::default_kernel_dir()
-            .map(|d| d.join("vmlinux"))
-            .unwrap_or_default(),
-    };
-    if !kernel.is_file() {
-        bail!(
-            "kernel {}: not found (build one with kernel-config/build.sh, or pass --kernel)",
-            kernel.display()
-        );
-    }
-    let agent = find_agent(args.agent.as_deref())?;
-    let cache = host::cache_dir()
-        .ok_or_else(|| anyhow!("no cache directory: set MICROVM_CACHE or HOME"))?;
-
     let sandbox = Arc::new(SandboxDir::create(args.name.as_deref())?);
-    let packed = crate::rootfs::pack(&rootfs, &cache)?;
-    tracing::debug!(
-        "rootfs image {} ({})",
-        packed.image.display(),
-        if packed.cached { "cached" } else { "packed" }
-    );
-    let initrd = sandbox.path().join("initramfs.cpio");
-    let agent_bytes =
-        std::fs::read(&agent).with_context(|| format!("agent {}", agent.display()))?;
-    let mut file = std::fs::File::create(&initrd)
-        .with_context(|| format!("initramfs {}", initrd.display()))?;
-    crate::initramfs::write(&mut file, &agent_bytes)
-        .with_context(|| format!("initramfs {}", initrd.display()))?;
-    drop(file);
-
-    let uds = sandbox.path().join("vsock.sock");
-    let mut config = VmConfig::new(&kernel);
-    config.initrd = Some(initrd);
-    config.cmdline = DEFAULT_CMDLINE.to_string();
-    if read_only {
-        config.cmdline.push_str(" microvm.readonly");
-    }
-    config.mem_mib = args.memory;
-    config.vcpus = args.cpus;
-    config.console = Console::File(
-        args.console
-            .clone()
-            .unwrap_or_else(|| sandbox.path().join("console.log")),
-    );
-    config.disks = vec![DiskConfig {
-        path: packed.image.clone(),
-        read_only: true,
-    }];
-    config.vsock = Some(VsockConfig {
-        guest_cid: GUEST_CID,
-        uds_path: uds.clone(),
-    });
-
-    config.seccomp = args.confinement.seccomp.into();
-    let vmm = Vmm::boot(&config, start)?;
-    // Before the guest's first instruction: the jail, then seccomp for this thread and all it
-    // starts (the VMM's among them, which add their own narrower filters).
-    args.confinement.enter_jail(sandbox.path())?;
-    vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
-    let (vm_done_tx, vm_done) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("vmm".into())
-        .spawn(move || {
-            let _ = vm_done_tx.send(vmm.run());
-        })
-        .context("start the VMM thread")?;
+    let vm = crate::vm::boot(
+        &VmSpec {
+            rootfs: &rootfs,
+            read_only,
+            kernel: args.kernel.as_deref(),
+            agent: args.agent.as_deref(),
+            mem_mib: args.memory,
+            vcpus: args.cpus,
+            console: args.console.as_deref(),
+            dir: sandbox.path(),
+            confinement: &args.confinement,
+        },
+        start,
+    )?;
+    let (uds, vm_done) = (vm.uds, vm.done);
 
     let mut session = Session::connect(&uds, &vm_done)?;
     let agent_ready = start.elapsed();
@@ -222,6 +161,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         terminal,
         stdin: args.interactive,
         init: args.init,
+        files,
     };
     let (pid, container_setup) = match session.call(Request::StartProcess(request))? {
         Response::ProcessStarted { pid, setup_micros } => {
@@ -234,15 +174,22 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         }
         other => bail!("agent answered StartProcess with {other:?}"),
     };
-    let outputs = session.attach_stdio(&uds, pid, args.interactive, tty)?;
+    let stdio = HostStdio {
+        stdout: Box::new(std::io::stdout()),
+        stderr: (!tty).then(|| Box::new(std::io::stderr()) as Box<dyn Write + Send>),
+        stdin: args
+            .interactive
+            .then(|| Box::new(std::io::stdin()) as Box<dyn Read + Send>),
+    };
+    let outputs = session.attach_stdio(&uds, pid, stdio)?;
     let _raw = if tty {
         crate::tty::RawMode::enter()
     } else {
         None
     };
-    session.forward_signals(pid, tty, Arc::downgrade(&sandbox))?;
+    forward_signals(session.sender(), pid, tty, Arc::downgrade(&sandbox))?;
     session.call_ok(Request::WaitProcess { pid })?;
-    let status = session.wait_exit(pid)?;
+    let status = session.wait_exit(pid, None)?;
     let process_exit = start.elapsed();
     for out in outputs {
         let _ = out.join();
@@ -329,34 +276,6 @@ fn parse_user(user: &str) -> anyhow::Result<(u32, u32)> {
     Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
 }
 
-/// The agent binary: `--agent`, `$MICROVM_AGENT`, `microvm-agent` beside this binary, or the
-/// static build of this workspace (`target/static/.../guest-agent`).
-fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let mut candidates: Vec<PathBuf> = given.map(Path::to_path_buf).into_iter().collect();
-    candidates.extend(std::env::var_os("MICROVM_AGENT").map(PathBuf::from));
-    if given.is_none() {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-        {
-            candidates.push(dir.join("microvm-agent"));
-            candidates.push(dir.join("../static/x86_64-unknown-linux-gnu/release/guest-agent"));
-        }
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "agent {}: not found (build it with images/build-agent.sh, or pass --agent)",
-                candidates
-                    .first()
-                    .map_or("microvm-agent".into(), |p| p.display().to_string())
-            )
-        })
-}
-
 /// PATH and HOME as docker sets them, TERM with a terminal, then the user's -e values.
 fn default_env(user: &[String], tty: bool) -> Vec<String> {
     let mut env = vec![
@@ -374,261 +293,52 @@ fn default_env(user: &[String], tty: bool) -> Vec<String> {
     env
 }
 
+/// Relays SIGINT, SIGTERM, SIGHUP, SIGQUIT (and SIGWINCH with a terminal) to the process.
+/// A second SIGINT or SIGTERM within [`FORCE_WINDOW`] ends the VM at once.
+fn forward_signals(
+sender: Sender,
+pid: u32,
+tty: bool,
+sandbox: std::sync::Weak<SandboxDir>,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
+    let mut wanted = vec![SIGINT, SIGTERM, SIGHUP, SIGQUIT];
+    if tty {
+        wanted.push(SIGWINCH);
+    }
+    let mut signals =
+        signal_hook::iterator::Signals::new(&wanted).context("install signal handlers")?;
+    std::thread::spawn(move || {
+        let mut last: Option<Instant> = None;
+        for signal in signals.forever() {
+            let request = if signal == SIGWINCH {
+                Request::ResizeTerminal {
+                    pid,
+                    size: host_terminal_size(),
+                }
+            } else {
+                let urgent = signal == SIGINT || signal == SIGTERM;
+                if urgent && last.is_some_and(|t| t.elapsed() < FORCE_WINDOW) {
+                    eprintln!("microvm: second signal, killing the VM");
+                    crate::tty::restore();
+                    if let Some(sandbox) = sandbox.upgrade() {
+                        sandbox.remove();
+                    }
+                    std::process::exit(128 + signal);
+                }
+                if urgent {
+                    last = Some(Instant::now());
+                }
+                Request::Signal { pid, signal }
+            };
+            sender.send(request);
+        }
+    });
+    Ok(())
+}
+
 fn host_terminal_size() -> TerminalSize {
     crate::tty::window_size().unwrap_or(TerminalSize { rows: 24, cols: 80 })
-}
-
-/// The control connection to the agent. Requests go out through a shared writer (the signal
-/// thread sends too); responses and events come back in order on the reader.
-struct Session {
-    reader: UnixStream,
-    writer: Arc<Mutex<UnixStream>>,
-}
-
-impl Session {
-    /// Connects to the agent's control port, retrying while the guest boots, and shakes hands.
-    fn connect(
-        uds: &Path,
-        vm_done: &mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
-    ) -> anyhow::Result<Self> {
-        let deadline = Instant::now() + AGENT_TIMEOUT;
-        let stream = loop {
-            match vm_done.try_recv() {
-                Ok(Ok(report)) => {
-                    bail!("the VM stopped before its agent answered: {}", report.exit)
-                }
-                Ok(Err(e)) => bail!("the VM failed before its agent answered: {e}"),
-                Err(_) => {}
-            }
-            match vsock_connect(uds, protocol::AGENT_CONTROL_PORT) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => {
-                    bail!("agent did not answer within {AGENT_TIMEOUT:?}: {e}")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        let writer = stream.try_clone().context("vsock control connection")?;
-        let mut reader = stream;
-        let mut both = ReadWrite {
-            r: &mut reader,
-            w: &writer,
-        };
-        protocol::host_handshake(&mut both, env!("CARGO_PKG_VERSION"))
-            .context("agent handshake")?;
-        Ok(Self {
-            reader,
-            writer: Arc::new(Mutex::new(writer)),
-        })
-    }
-
-    fn send(&self, request: Request) -> anyhow::Result<()> {
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| anyhow!("control connection lock poisoned"))?;
-        protocol::write_frame(&mut *w, &Message::Request(request)).context("send to agent")
-    }
-
-    /// The next frame from the agent; the agent is untrusted, so anything but a response or
-    /// an event is an error.
-    fn next(&mut self) -> anyhow::Result<Message> {
-        protocol::read_frame(&mut self.reader)
-            .context("read from agent")?
-            .ok_or_else(|| anyhow!("agent closed the control connection"))
-    }
-
-    /// Sends `request` and returns its response (no event can come before it here: the only
-    /// event is an exit, and it follows the WaitProcess answer).
-    fn call(&mut self, request: Request) -> anyhow::Result<Response> {
-        self.send(request)?;
-        match self.next()? {
-            Message::Response(r) => Ok(r),
-            Message::Event(e) => bail!("agent sent {e:?} before answering"),
-            other => bail!("agent sent {other:?} on the control connection"),
-        }
-    }
-
-    fn call_ok(&mut self, request: Request) -> anyhow::Result<()> {
-        match self.call(request)? {
-            Response::Ok => Ok(()),
-            other => bail!("agent answered {other:?}"),
-        }
-    }
-
-    /// Opens the process's stdio streams and starts copying them. Returns the output copiers.
-    fn attach_stdio(
-        &self,
-        uds: &Path,
-        pid: u32,
-        stdin: bool,
-        tty: bool,
-    ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-        let mut outputs = Vec::new();
-        let mut streams = vec![Stream::Stdout];
-        if !tty {
-            streams.push(Stream::Stderr);
-        }
-        for stream in streams {
-            let mut conn = open_stream(uds, stream, pid)?;
-            outputs.push(std::thread::spawn(move || {
-                let result = match stream {
-                    Stream::Stderr => copy_flushing(&mut conn, &mut std::io::stderr()),
-                    _ => copy_flushing(&mut conn, &mut std::io::stdout()),
-                };
-                if let Err(e) = result {
-                    tracing::debug!("{stream:?}: {e}");
-                }
-            }));
-        }
-        if stdin {
-            let mut conn = open_stream(uds, Stream::Stdin, pid)?;
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut conn);
-                let _ = conn.shutdown(std::net::Shutdown::Write);
-            });
-        }
-        Ok(outputs)
-    }
-
-    /// Relays SIGINT, SIGTERM, SIGHUP, SIGQUIT (and SIGWINCH with a terminal) to the process.
-    /// A second SIGINT or SIGTERM within [`FORCE_WINDOW`] ends the VM at once.
-    fn forward_signals(&self, pid: u32, tty: bool, sandbox: std::sync::Weak<SandboxDir>) -> anyhow::Result<()> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
-        let mut wanted = vec![SIGINT, SIGTERM, SIGHUP, SIGQUIT];
-        if tty {
-            wanted.push(SIGWINCH);
-        }
-        let mut signals =
-            signal_hook::iterator::Signals::new(&wanted).context("install signal handlers")?;
-        let writer = self.writer.clone();
-        std::thread::spawn(move || {
-            let mut last: Option<Instant> = None;
-            for signal in signals.forever() {
-                let request = if signal == SIGWINCH {
-                    Request::ResizeTerminal {
-                        pid,
-                        size: host_terminal_size(),
-                    }
-                } else {
-                    let urgent = signal == SIGINT || signal == SIGTERM;
-                    if urgent && last.is_some_and(|t| t.elapsed() < FORCE_WINDOW) {
-                        eprintln!("microvm: second signal, killing the VM");
-                        crate::tty::restore();
-                        if let Some(sandbox) = sandbox.upgrade() {
-                            sandbox.remove();
-                        }
-                        std::process::exit(128 + signal);
-                    }
-                    if urgent {
-                        last = Some(Instant::now());
-                    }
-                    Request::Signal { pid, signal }
-                };
-                if let Ok(mut w) = writer.lock() {
-                    let _ = protocol::write_frame(&mut *w, &Message::Request(request));
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// Waits for the process's exit event; responses to relayed signals are skipped.
-    fn wait_exit(&mut self, pid: u32) -> anyhow::Result<ExitStatusWire> {
-        loop {
-            match self.next()? {
-                Message::Event(Event::ProcessExited { pid: p, status }) if p == pid => {
-                    return Ok(status)
-                }
-                Message::Event(_) | Message::Response(_) => {}
-                other => bail!("agent sent {other:?} on the control connection"),
-            }
-        }
-    }
-
-    /// Asks the agent to power the VM off; errors mean it is already going.
-    fn shutdown(&mut self) {
-        let _ = self.send(Request::Shutdown);
-    }
-}
-
-/// Connects through the VMM's vsock socket to guest `port` (the hybrid-vsock handshake:
-/// `CONNECT <port>\n`, answered `OK <host port>\n`).
-fn vsock_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds)?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    // Byte by byte, so nothing after the line is consumed; the answer is at most 32 bytes.
-    let mut line = Vec::with_capacity(32);
-    let mut byte = [0u8];
-    while line.len() < 32 {
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                "guest port not listening",
-            ));
-        }
-        if byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    if !line.starts_with(b"OK ") {
-        return Err(std::io::Error::other(format!(
-            "vsock answered {:?}",
-            String::from_utf8_lossy(&line)
-        )));
-    }
-    Ok(s)
-}
-
-fn open_stream(uds: &Path, stream: Stream, pid: u32) -> anyhow::Result<UnixStream> {
-    let mut conn =
-        vsock_connect(uds, stream.port()).with_context(|| format!("open {stream:?} stream"))?;
-    protocol::write_frame(
-        &mut conn,
-        &Message::StreamHello(StreamHello {
-            stream,
-            process_id: pid,
-        }),
-    )
-    .with_context(|| format!("open {stream:?} stream"))?;
-    Ok(conn)
-}
-
-/// Copies to EOF, flushing after every read so interactive output is not held back.
-fn copy_flushing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return to.flush(),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        to.flush()?;
-    }
-}
-
-/// A reader and a writer of one connection, as the handshake wants one `Read + Write`.
-struct ReadWrite<'a> {
-    r: &'a mut UnixStream,
-    w: &'a UnixStream,
-}
-
-impl Read for ReadWrite<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.r.read(buf)
-    }
-}
-
-impl Write for ReadWrite<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        (&mut &*self.w).write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,317 @@
+//! The VMM process of one OCI container: what `create` leaves running, standing in on the host
+//! for the container's process (as runV and Kata 1.x did). It
+//! 1. joins the network namespace config.json names, if any, and binds its control socket;
+//! 2. with a terminal, hands the pty master to the caller's console socket;
+//! 3. boots the VM (then the jail and seccomp: see `vm::boot`) and asks the agent to create
+//!    the container, its process held before exec;
+//! 4. tells `create` it is ready (a line on the pipe `create` gave it), and from then on
+//! 5. relays the process's stdio through its own (create's, so the caller's) or the pty,
+//!    forwards the signals it gets and the window size, answers the verbs on its control
+//!    socket (start, kill, state), and exits with the process's status (128+N when killed by
+//!    signal N) once it has ended and the VM is off.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use nix::sched::{setns, CloneFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use protocol::{Request, Response, StartProcess, TerminalSize};
+
+use super::control::{self, ControlAnswer, ControlRequest, Status};
+use super::state::ContainerDir;
+use crate::cli::ConfinementArgs;
+use crate::launch_checks::{self, Policy};
+use crate::session::{HostStdio, Sender, Session};
+use crate::vm::VmSpec;
+
+/// How long the agent may take to answer a request sent on a verb's behalf.
+const AGENT_ANSWER: Duration = Duration::from_secs(60);
+/// How often the pty's window size is looked at.
+const RESIZE_POLL: Duration = Duration::from_millis(200);
+/// Guest memory and vCPUs of a container's VM.
+const MEM_MIB: u64 = 256;
+const VCPUS: u8 = 1;
+
+/// Where `create` puts the write end of its pipe in this process.
+pub const READY_FD: RawFd = 3;
+
+/// The hidden `microvm monitor` subcommand that `create` starts.
+#[derive(Debug, clap::Args)]
+pub struct MonitorArgs {
+    pub id: String,
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub confinement: ConfinementArgs,
+}
+
+/// Runs the container's VMM process to its end; returns the exit code.
+pub fn run(root: &Path, args: MonitorArgs, start: Instant) -> u8 {
+    // SAFETY: `create` placed its pipe's write end at READY_FD for this process alone ("ok" or
+    // the error, one line); main kept it open and nothing else here owns it.
+    let mut ready = unsafe { File::from_raw_fd(READY_FD) };
+    let prepared = ContainerDir::open_claimed(root, &args.id)
+        .map_err(anyhow::Error::from)
+        .and_then(|dir| prepare(&dir, &args, start));
+    match prepared {
+        Err(e) => {
+            let _ = writeln!(ready, "{}", crate::one_line(&e));
+            125
+        }
+        Ok(container) => {
+            let _ = ready.write_all(b"ok\n");
+            drop(ready);
+            container.serve()
+        }
+    }
+}
+
+/// A created container: the VM up, the process held, stdio relayed.
+struct Created {
+    session: Session,
+    pid: u32,
+    agent: Arc<AgentClient>,
+    status: Arc<Mutex<Status>>,
+    responses: mpsc::Sender<Response>,
+    outputs: Vec<std::thread::JoinHandle<()>>,
+    vm_done: mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
+}
+
+fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Result<Created> {
+    let policy = Policy { require_nonroot: false, root_inside_bundle: false };
+    let mut spec = launch_checks::check_bundle(&args.bundle, &policy)?;
+    let files = crate::binds::copy_into_guest(&mut spec)?;
+    let rootfs = spec
+        .root()
+        .as_ref()
+        .map(|r| args.bundle.join(r.path()))
+        .ok_or_else(|| anyhow!("{}: config.json has no root", args.bundle.display()))?;
+    join_network_namespace(&spec)?;
+    let listener = UnixListener::bind(dir.control_socket())
+        .with_context(|| format!("control socket {}", dir.control_socket().display()))?;
+    std::fs::set_permissions(dir.control_socket(), std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("control socket {}", dir.control_socket().display()))?;
+
+    let process = spec.process().clone().unwrap_or_default();
+    let terminal = process.terminal().unwrap_or(false);
+    let pty = terminal
+        .then(|| super::console::hand_over(args.console_socket.as_deref()))
+        .transpose()?;
+    let read_only = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    let vm_dir = dir.vm_dir();
+    let vm = crate::vm::boot(
+        &VmSpec {
+            rootfs: &rootfs,
+            read_only,
+            kernel: None,
+            agent: None,
+            mem_mib: MEM_MIB,
+            vcpus: VCPUS,
+            console: None,
+            dir: &vm_dir,
+            confinement: &args.confinement,
+        },
+        start,
+    )?;
+
+    tracing::debug!("monitor: VM booted");
+    let mut session = Session::connect(&vm.uds, &vm.done)?;
+    tracing::debug!("monitor: agent answered");
+    let size = pty
+        .as_ref()
+        .map(|p| crate::tty::size_of(p.as_fd()).unwrap_or(TerminalSize { rows: 24, cols: 80 }));
+    let request = StartProcess { spec: Box::new(spec), terminal: size, stdin: true, init: false, files };
+    let pid = match session.call(Request::CreateProcess(request))? {
+        Response::ProcessStarted { pid, .. } => pid,
+        Response::Error { message, .. } => bail!("{message}"),
+        other => bail!("agent answered CreateProcess with {other:?}"),
+    };
+    tracing::debug!("monitor: process {pid} created");
+    let stdio = match &pty {
+        Some(pty) => HostStdio {
+            stdout: Box::new(File::from(dup(pty)?)),
+            stderr: None,
+            stdin: Some(Box::new(File::from(dup(pty)?))),
+        },
+        None => HostStdio {
+            stdout: Box::new(std::io::stdout()),
+            stderr: Some(Box::new(std::io::stderr())),
+            stdin: Some(Box::new(std::io::stdin())),
+        },
+    };
+    let outputs = session.attach_stdio(&vm.uds, pid, stdio)?;
+    // Asked now, so that a process killed before `start` is reported like any other exit.
+    session.call_ok(Request::WaitProcess { pid })?;
+
+    tracing::debug!("monitor: stdio attached, waiting for the exit");
+    let (responses, answers) = mpsc::channel();
+    let agent = Arc::new(AgentClient { sender: session.sender(), answers: Mutex::new(answers) });
+    let status = Arc::new(Mutex::new(Status::Created));
+    serve_control(listener, pid, Arc::clone(&agent), Arc::clone(&status));
+    forward_signals(pid, Arc::clone(&agent))?;
+    if let Some(pty) = pty {
+        forward_window_size(pty, pid, Arc::clone(&agent));
+    }
+    Ok(Created { session, pid, agent, status, responses, outputs, vm_done: vm.done })
+}
+
+impl Created {
+    /// Relays until the process exits, then powers the VM off; returns the exit code.
+    fn serve(mut self) -> u8 {
+        let status = self.session.wait_exit(self.pid, Some(&self.responses));
+        set(&self.status, Status::Stopped);
+        for output in self.outputs {
+            let _ = output.join();
+        }
+        drop(self.agent);
+        self.session.shutdown();
+        let _ = self.vm_done.recv_timeout(Duration::from_secs(10));
+        match status {
+            Ok(status) => status.shell_code().clamp(0, 255) as u8,
+            Err(e) => {
+                eprintln!("microvm: {}", crate::one_line(&e));
+                125
+            }
+        }
+    }
+}
+
+/// Requests sent on behalf of verbs and signals, each waiting for its own response: the
+/// session's reader hands responses over in order, and one request is in flight at a time.
+struct AgentClient {
+    sender: Sender,
+    answers: Mutex<mpsc::Receiver<Response>>,
+}
+
+impl AgentClient {
+    fn call(&self, request: Request) -> anyhow::Result<Response> {
+        let answers = self.answers.lock().map_err(|_| anyhow!("agent client lock poisoned"))?;
+        self.sender.send(request);
+        answers
+            .recv_timeout(AGENT_ANSWER)
+            .map_err(|_| anyhow!("the agent did not answer"))
+    }
+
+    fn call_ok(&self, request: Request) -> Result<(), String> {
+        match self.call(request) {
+            Ok(Response::Ok) => Ok(()),
+            Ok(Response::Error { message, .. }) => Err(message),
+            Ok(other) => Err(format!("agent answered {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn set(status: &Mutex<Status>, to: Status) {
+    if let Ok(mut s) = status.lock() {
+        *s = to;
+    }
+}
+
+fn get(status: &Mutex<Status>) -> Status {
+    status.lock().map_or(Status::Stopped, |s| *s)
+}
+
+/// Answers the verbs, one connection at a time, for as long as the process lives.
+fn serve_control(listener: UnixListener, pid: u32, agent: Arc<AgentClient>, status: Arc<Mutex<Status>>) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let request = match control::read_line::<ControlRequest>(&conn) {
+                Ok(Some(request)) => request,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    continue;
+                }
+            };
+            let answer = answer(&request, pid, &agent, &status);
+            let _ = control::send_line(&conn, &answer);
+        }
+    });
+}
+
+fn answer(request: &ControlRequest, pid: u32, agent: &AgentClient, status: &Mutex<Status>) -> ControlAnswer {
+    let now = get(status);
+    let result = match request {
+        ControlRequest::Status => return ControlAnswer::Status(now),
+        _ if now == Status::Stopped => Err("container not running".to_owned()),
+        ControlRequest::Start if now != Status::Created => {
+            Err(format!("cannot start a container that is {}", now.as_str()))
+        }
+        ControlRequest::Start => agent
+            .call_ok(Request::StartCreated { pid })
+            .map(|()| set(status, Status::Running)),
+        // The container's processes are its process and what it starts, all in its pid
+        // namespace in the guest: the agent's signal reaches the first, and --all the same
+        // (its children are its to signal, or die with it as PID 1).
+        ControlRequest::Kill { signal, .. } => agent.call_ok(Request::Signal { pid, signal: *signal }),
+        ControlRequest::Pause | ControlRequest::Resume => {
+            Err("pause and resume are not supported yet".to_owned())
+        }
+    };
+    match result {
+        Ok(()) => ControlAnswer::Ok,
+        Err(message) => ControlAnswer::Error(message),
+    }
+}
+
+/// Signals sent to this process go to the container's process, as they would to runc's.
+fn forward_signals(pid: u32, agent: Arc<AgentClient>) -> anyhow::Result<()> {
+    use signal_hook::consts::*;
+    let wanted = [SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM];
+    let mut signals = signal_hook::iterator::Signals::new(wanted).context("install signal handlers")?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let _ = agent.call_ok(Request::Signal { pid, signal });
+        }
+    });
+    Ok(())
+}
+
+/// The caller sets the size on its master; the slave here sees it, and the guest follows.
+fn forward_window_size(pty: OwnedFd, pid: u32, agent: Arc<AgentClient>) {
+    std::thread::spawn(move || {
+        let mut last = crate::tty::size_of(pty.as_fd());
+        loop {
+            std::thread::sleep(RESIZE_POLL);
+            let now = crate::tty::size_of(pty.as_fd());
+            if now != last {
+                if let Some(size) = now {
+                    if agent.call_ok(Request::ResizeTerminal { pid, size }).is_err() {
+                        return;
+                    }
+                }
+                last = now;
+            }
+        }
+    });
+}
+
+/// Joins the network namespace config.json names by path (podman's and docker's own), so
+/// that the VM's networking, once it has some, lives there.
+fn join_network_namespace(spec: &Spec) -> anyhow::Result<()> {
+    let path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+        .and_then(|n| n.path().clone());
+    let Some(path) = path else { return Ok(()) };
+    let file = File::open(&path).with_context(|| format!("network namespace {}", path.display()))?;
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("network namespace {}: setns", path.display()))
+}
+
+fn dup(fd: &OwnedFd) -> anyhow::Result<OwnedFd> {
+    fd.try_clone().context("console: duplicate the pty")
+}

@@ -1,0 +1,144 @@
+//! Boots the microVM that runs one container: the rootfs packed into an image (cached), the
+//! agent in an initramfs, the VM built in this process, then the jail and seccomp before the
+//! guest's first instruction. Shared by `microvm run` and the OCI runtime's VMM process.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use vmm::config::{Console, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use vmm::Vmm;
+
+use crate::cli::ConfinementArgs;
+use crate::host;
+
+/// The guest's vsock context id (2 is the host; 3 is the first guest id).
+const GUEST_CID: u64 = 3;
+
+/// What a container's VM is made of.
+pub struct VmSpec<'a> {
+    /// The container's root filesystem directory.
+    pub rootfs: &'a Path,
+    pub read_only: bool,
+    /// Guest kernel; `None`: `$MICROVM_KERNEL`, else the one kernel-config/build.sh built last.
+    pub kernel: Option<&'a Path>,
+    /// The static agent; `None`: see [`find_agent`].
+    pub agent: Option<&'a Path>,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    /// The guest console's file; `None`: console.log in `dir`.
+    pub console: Option<&'a Path>,
+    /// The directory for the VM's runtime files (vsock socket, initramfs, console log); the
+    /// jail keeps it and nothing else.
+    pub dir: &'a Path,
+    pub confinement: &'a ConfinementArgs,
+}
+
+/// A VM running on a thread of this process.
+pub struct RunningVm {
+    /// The VMM's vsock socket (hybrid vsock: `CONNECT <port>`).
+    pub uds: PathBuf,
+    /// Receives the VMM's report when the VM has stopped.
+    pub done: mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
+}
+
+/// Checks the inputs, packs the rootfs, boots the VM and enters the jail.
+pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
+    let kernel = match spec.kernel {
+        Some(k) => k.to_path_buf(),
+        None => std::env::var_os("MICROVM_KERNEL")
+            .map(PathBuf::from)
+            .or_else(|| host::default_kernel_dir().map(|d| d.join("vmlinux")))
+            .unwrap_or_default(),
+    };
+    if !kernel.is_file() {
+        bail!(
+            "kernel {}: not found (build one with kernel-config/build.sh, or pass --kernel or set MICROVM_KERNEL)",
+            kernel.display()
+        );
+    }
+    let agent = find_agent(spec.agent)?;
+    let cache = host::cache_dir()
+        .ok_or_else(|| anyhow!("no cache directory: set MICROVM_CACHE or HOME"))?;
+
+    let packed = crate::rootfs::pack(spec.rootfs, &cache)?;
+    tracing::debug!(
+        "rootfs image {} ({})",
+        packed.image.display(),
+        if packed.cached { "cached" } else { "packed" }
+    );
+    let initrd = spec.dir.join("initramfs.cpio");
+    let agent_bytes =
+        std::fs::read(&agent).with_context(|| format!("agent {}", agent.display()))?;
+    let mut file = std::fs::File::create(&initrd)
+        .with_context(|| format!("initramfs {}", initrd.display()))?;
+    crate::initramfs::write(&mut file, &agent_bytes)
+        .with_context(|| format!("initramfs {}", initrd.display()))?;
+    drop(file);
+
+    let uds = spec.dir.join("vsock.sock");
+    let mut config = VmConfig::new(&kernel);
+    config.initrd = Some(initrd);
+    config.cmdline = DEFAULT_CMDLINE.to_string();
+    if spec.read_only {
+        config.cmdline.push_str(" microvm.readonly");
+    }
+    config.mem_mib = spec.mem_mib;
+    config.vcpus = spec.vcpus;
+    config.console = Console::File(
+        spec.console
+            .map_or_else(|| spec.dir.join("console.log"), Path::to_path_buf),
+    );
+    config.disks = vec![DiskConfig {
+        path: packed.image.clone(),
+        read_only: true,
+    }];
+    config.vsock = Some(VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: uds.clone(),
+    });
+
+    config.seccomp = spec.confinement.seccomp.into();
+    let vmm = Vmm::boot(&config, start)?;
+    // Before the guest's first instruction: the jail, then seccomp for this thread and all it
+    // starts (the VMM's among them, which add their own narrower filters).
+    spec.confinement.enter_jail(spec.dir)?;
+    vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
+    let (done_tx, done) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || {
+            let _ = done_tx.send(vmm.run());
+        })
+        .context("start the VMM thread")?;
+    Ok(RunningVm { uds, done })
+}
+
+/// The agent binary: `--agent`, `$MICROVM_AGENT`, `microvm-agent` beside this binary, or the
+/// static build of this workspace (`target/static/.../guest-agent`).
+pub fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = given.map(Path::to_path_buf).into_iter().collect();
+    candidates.extend(std::env::var_os("MICROVM_AGENT").map(PathBuf::from));
+    if given.is_none() {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
+            candidates.push(dir.join("microvm-agent"));
+            candidates.push(dir.join("../static/x86_64-unknown-linux-gnu/release/guest-agent"));
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow!(
+                "agent {}: not found (build it with images/build-agent.sh, or pass --agent)",
+                candidates
+                    .first()
+                    .map_or("microvm-agent".into(), |p| p.display().to_string())
+            )
+        })
+}

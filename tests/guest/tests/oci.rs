@@ -1,0 +1,256 @@
+//! The OCI runtime's verbs end to end, as podman's conmon drives them: `create` leaves the
+//! container's VMM process (its pid in the pid file, a child of `create` that the caller
+//! adopts: this test process is a subreaper, as conmon is), `start` lets the process run, that
+//! VMM process exits with the container's status, and `delete` leaves nothing behind.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use guest_tests::{suite, Case};
+use test_support::{input, processes_matching, Outcome, TempDir};
+
+/// Like conmon: orphans of `create` (the VMM processes) become this process's children.
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// The exit code a reaped process reported, shell style (128+N for signal N).
+fn wait_for(pid: i32, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on one pid with a valid out pointer; WNOHANG never blocks.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(rc >= 0, "waitpid {pid}: {}", std::io::Error::last_os_error());
+        if rc == pid {
+            return if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+        }
+        assert!(Instant::now() < deadline, "VMM process {pid} still runs after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One test's containers: a `--root` of their own and a bundle to create them from.
+struct Oci {
+    case: Case,
+    root: PathBuf,
+    bundle: PathBuf,
+    logs: TempDir,
+}
+
+impl Oci {
+    fn new(tag: &str) -> Self {
+        become_subreaper();
+        let case = Case::new(tag);
+        let logs = TempDir::new(&format!("{tag}-io"));
+        let root = logs.path("root");
+        let bundle = logs.path("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(suite().rootfs.join("rootfs-busybox"))
+            .arg(bundle.join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let oci = Oci { case, root, bundle, logs };
+        let out = oci.verb(&["spec", "--bundle", oci.bundle.to_str().unwrap()]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        oci
+    }
+
+    /// Sets the process's args in config.json (no terminal; root writable for the shell).
+    fn set_args(&self, args: &[&str]) {
+        let path = self.bundle.join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let args = args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(",");
+        let text = text
+            .replacen("\"terminal\": true", "\"terminal\": false", 1)
+            .replacen("\"readonly\": true", "\"readonly\": false", 1);
+        let start = text.find("\"args\": [").unwrap();
+        let end = start + text[start..].find(']').unwrap() + 1;
+        let text = format!("{}\"args\": [{args}]{}", &text[..start], &text[end..]);
+        std::fs::write(&path, text).unwrap();
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(input("MICROVM_BIN"));
+        c.envs(self.case.vars())
+            .env("MICROVM_KERNEL", input("MICROVM_KERNEL_DIR").join("vmlinux"))
+            .arg("--root")
+            .arg(&self.root);
+        c
+    }
+
+    /// A verb other than create, to completion.
+    fn verb(&self, args: &[&str]) -> Outcome {
+        let mut m = self.case.microvm().env("MICROVM_KERNEL", input("MICROVM_KERNEL_DIR").join("vmlinux"));
+        m = m.arg("--root").arg(&self.root).args(args);
+        m.run()
+    }
+
+    /// `create --bundle ... --pid-file ... ID` with the container's stdio in files (the VMM
+    /// process keeps create's stdio, so pipes would stay open). Returns create's exit code.
+    fn create(&self, id: &str) -> (Option<i32>, String) {
+        let mut c = self.command();
+        c.args(["create", "--bundle"])
+            .arg(&self.bundle)
+            .arg("--pid-file")
+            .arg(self.pid_file(id))
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.logs.path(&format!("{id}.out"))).unwrap())
+            .stderr(std::fs::File::create(self.logs.path(&format!("{id}.err"))).unwrap());
+        let status = c.status().unwrap();
+        (status.code(), self.output(id, "err"))
+    }
+
+    fn pid_file(&self, id: &str) -> PathBuf {
+        self.logs.path(&format!("{id}.pid"))
+    }
+
+    fn pid(&self, id: &str) -> i32 {
+        std::fs::read_to_string(self.pid_file(id)).unwrap().trim().parse().unwrap()
+    }
+
+    fn output(&self, id: &str, stream: &str) -> String {
+        std::fs::read_to_string(self.logs.path(&format!("{id}.{stream}"))).unwrap_or_default()
+    }
+
+    /// `state ID`'s status and pid.
+    fn state(&self, id: &str) -> (String, i64) {
+        let out = self.verb(&["state", id]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let field = |name: &str| {
+            let line = out.stdout.lines().find(|l| l.trim_start().starts_with(&format!("\"{name}\""))).unwrap();
+            line.split_once(':').unwrap().1.trim().trim_end_matches(',').trim_matches('"').to_owned()
+        };
+        (field("status"), field("pid").parse().unwrap())
+    }
+
+    /// Nothing of the containers stays: no directory under the root, no process, no mount.
+    fn assert_nothing_left(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.root)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let root = self.root.to_string_lossy().to_string();
+        assert!(processes_matching(&root).is_empty(), "a VMM process is still running");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&root), "a mount is left: {mounts}");
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn create_start_state_delete_follow_the_runc_contract() {
+    let oci = Oci::new("oci-lifecycle");
+    oci.set_args(&["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let (code, err) = oci.create("c1");
+    assert_eq!(code, Some(0), "{err}");
+    let pid = oci.pid("c1");
+    assert!(alive(pid), "the pid file names a live VMM process");
+    assert_eq!(oci.state("c1"), ("created".into(), i64::from(pid)));
+    let list = oci.verb(&["list", "--quiet"]);
+    assert_eq!(list.stdout, "c1\n", "{list:?}");
+    // Created, not started: the process has not run.
+    assert_eq!(oci.output("c1", "out"), "");
+
+    let out = oci.verb(&["start", "c1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(wait_for(pid, Duration::from_secs(60)), 7, "the VMM process exits with the container's status");
+    assert_eq!(oci.output("c1", "out"), "out\n");
+    assert!(oci.output("c1", "err").contains("err\n"), "{}", oci.output("c1", "err"));
+    assert_eq!(oci.state("c1"), ("stopped".into(), 0));
+    let again = oci.verb(&["start", "c1"]);
+    assert_eq!(again.code, Some(1));
+    assert!(again.stderr.contains("container not running"), "{again:?}");
+
+    let out = oci.verb(&["delete", "c1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let gone = oci.verb(&["state", "c1"]);
+    assert_eq!(gone.code, Some(1));
+    assert!(gone.stderr.contains("does not exist"), "{gone:?}");
+    oci.assert_nothing_left();
+}
+
+#[test]
+fn kill_reaches_a_created_container_and_delete_force_ends_a_running_one() {
+    let oci = Oci::new("oci-kill");
+    oci.set_args(&["sleep", "1000"]);
+    assert_eq!(oci.create("held").0, Some(0));
+    let held = oci.pid("held");
+    let out = oci.verb(&["kill", "held", "KILL"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(wait_for(held, Duration::from_secs(60)), 137);
+    assert_eq!(oci.state("held").0, "stopped");
+    assert_eq!(oci.verb(&["delete", "held"]).code, Some(0));
+
+    assert_eq!(oci.create("busy").0, Some(0));
+    let busy = oci.pid("busy");
+    assert_eq!(oci.verb(&["start", "busy"]).code, Some(0));
+    assert_eq!(oci.state("busy"), ("running".into(), i64::from(busy)));
+    let refused = oci.verb(&["delete", "busy"]);
+    assert_eq!(refused.code, Some(1));
+    assert!(refused.stderr.contains("not stopped: running"), "{refused:?}");
+    let out = oci.verb(&["delete", "--force", "busy"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(wait_for(busy, Duration::from_secs(10)), 128 + libc::SIGKILL);
+    oci.assert_nothing_left();
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_nothing() {
+    let oci = Oci::new("oci-bad");
+    let bad_id = oci.verb(&["create", "--bundle", oci.bundle.to_str().unwrap(), "a/b"]);
+    assert_eq!(bad_id.code, Some(1));
+    assert!(bad_id.stderr.contains("container id \"a/b\""), "{bad_id:?}");
+    // The default spec has a terminal: without a console socket create refuses.
+    let (code, err) = oci.create("tty");
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim(), "microvm: process.terminal is set but no --console-socket was given");
+    std::fs::write(oci.bundle.join("config.json"), "{ not json").unwrap();
+    let (code, err) = oci.create("junk");
+    assert_eq!(code, Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("config.json"), "{err}");
+    let log = oci.logs.path("log.json");
+    let out = oci.verb(&["--log", log.to_str().unwrap(), "--log-format", "json", "kill", "nosuch"]);
+    assert_eq!(out.code, Some(1));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.starts_with("{\"level\":\"error\",\"msg\":\"container nosuch does not exist\",\"time\":\""), "{logged}");
+    oci.assert_nothing_left();
+}
+
+#[test]
+fn twenty_containers_created_and_deleted_leave_nothing() {
+    let oci = Oci::new("oci-loop");
+    oci.set_args(&["sleep", "1000"]);
+    for n in 0..20 {
+        let id = format!("c{n}");
+        let (code, err) = oci.create(&id);
+        assert_eq!(code, Some(0), "{id}: {err}");
+        let pid = oci.pid(&id);
+        // A created container is deleted without --force (its process never ran).
+        let out = oci.verb(&["delete", &id]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert_eq!(wait_for(pid, Duration::from_secs(10)), 128 + libc::SIGKILL);
+    }
+    oci.assert_nothing_left();
+}
