@@ -85,7 +85,7 @@ vpid='' pollpid=''
 cleanup() {
 	[[ -n $vpid ]] && kill -TERM -- "-$vpid" 2>/dev/null
 	[[ -n $pollpid ]] && kill "$pollpid" 2>/dev/null
-	[[ -n ${dogpid:-} ]] && kill "$dogpid" 2>/dev/null
+	[[ -n ${dogpid:-} ]] && { kill "$dogpid" 2>/dev/null || true; }
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -176,8 +176,16 @@ PATH="$(dirname "$vng"):$PATH" setsid "$vng" "${vng_args[@]}" -- "exec /bin/bash
 vpid=$!
 if [[ -n $limit ]]; then
 	# The watchdog stops the whole group; then the status file is missing and L1 "died".
-	(sleep "$limit"; echo "nested.sh: COMMAND still running after $limit s: stopping L1" >&2
-		kill -TERM -- "-$vpid" 2>/dev/null) </dev/null &
+	# Its sleep holds none of our output (a pipe reader would wait for it), and stopping the
+	# watchdog stops its sleep.
+	(
+		trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+		sleep "$limit" </dev/null >/dev/null 2>&1 &
+		sp=$!
+		wait "$sp"
+		echo "nested.sh: COMMAND still running after $limit s: stopping L1" >&2
+		kill -TERM -- "-$vpid" 2>/dev/null
+	) </dev/null &
 	dogpid=$!
 fi
 vrc=0
