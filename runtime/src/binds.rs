@@ -1,7 +1,9 @@
 //! Bind mounts from the host, which a VM cannot see: a small regular file is copied into the
 //! guest (podman and docker bind /etc/hosts, /etc/hostname, /etc/resolv.conf and
-//! /run/.containerenv this way), anything else is refused by name. A copy is the container's
-//! own: its writes stay in the guest. Sharing directories needs virtio-fs, which comes later.
+//! /run/.containerenv this way); an empty tmpfs directory (podman's /dev/shm) becomes a fresh
+//! tmpfs in the guest, as Kata does; anything else is refused by name. A copy is the
+//! container's own: its writes stay in the guest. Sharing directories needs virtio-fs, which
+//! comes later.
 
 use std::path::PathBuf;
 
@@ -39,6 +41,16 @@ pub fn copy_into_guest(spec: &mut Spec) -> Result<Vec<GuestFile>, BindError> {
                 reason,
             };
             let meta = std::fs::metadata(&source).map_err(|e| refuse(e.to_string()))?;
+            if meta.is_dir() && empty_tmpfs(&source) {
+                mount.set_typ(Some("tmpfs".into()));
+                mount.set_source(Some(PathBuf::from("tmpfs")));
+                let kept = mount.options().clone().unwrap_or_default().into_iter();
+                let mut options: Vec<String> = kept.filter(|o| !matches!(o.as_str(), "bind" | "rbind")).collect();
+                options.push("mode=1777".into());
+                mount.set_options(Some(options));
+                rewritten.push(mount);
+                continue;
+            }
             if !meta.is_file() {
                 return Err(refuse("not a regular file".into()));
             }
@@ -54,6 +66,12 @@ pub fn copy_into_guest(spec: &mut Spec) -> Result<Vec<GuestFile>, BindError> {
     }
     spec.set_mounts(Some(rewritten));
     Ok(files)
+}
+
+/// Whether `dir` is an empty directory on a tmpfs: nothing to share, so a guest tmpfs is the same.
+fn empty_tmpfs(dir: &std::path::Path) -> bool {
+    let tmpfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    tmpfs && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 #[cfg(test)]
@@ -91,6 +109,16 @@ mod tests {
         let mounts = spec.mounts().clone().unwrap();
         assert_eq!(mounts[0], proc_mount);
         assert_eq!(mounts[1].source().as_deref(), Some(std::path::Path::new("/run/microvm-files/0")));
+
+        // An empty tmpfs directory (podman's /dev/shm) becomes a tmpfs of the guest's own.
+        let shm = std::path::Path::new("/dev/shm").join(format!("microvm-binds-{}", std::process::id()));
+        std::fs::create_dir_all(&shm).unwrap();
+        let mut spec = spec_with(vec![bind(&shm, "/dev/shm")]);
+        assert!(copy_into_guest(&mut spec).unwrap().is_empty());
+        let m = &spec.mounts().clone().unwrap()[0];
+        assert_eq!((m.typ().as_deref(), m.source().as_deref()), (Some("tmpfs"), Some(std::path::Path::new("tmpfs"))));
+        assert_eq!(m.options().clone().unwrap(), ["rw", "mode=1777"]);
+        std::fs::remove_dir(&shm).unwrap();
 
         let err = copy_into_guest(&mut spec_with(vec![bind(&dir, "/data")])).unwrap_err();
         assert!(err.to_string().starts_with(&format!("mount /data: bind mount of {} from the host: not a regular file", dir.display())), "{err}");
