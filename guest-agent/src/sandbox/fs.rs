@@ -5,7 +5,8 @@
 //! 4. a minimal /dev when /dev is a fresh tmpfs: null, zero, full, random, urandom, tty, the
 //!    spec's devices, and the usual links;
 //! 5. `pivot_root` into the root, the old root detached;
-//! 6. masked paths (empty files or read-only tmpfs over them) and read-only paths;
+//! 6. (after the sysctls: [`protect`]) masked paths (empty files or read-only tmpfs over
+//!    them) and read-only paths;
 //! 7. the root remounted read-only when `root.readonly` says so.
 //!
 //! `pivot_root` needs the current root to be a mount with a parent; the agent moved itself off
@@ -43,7 +44,7 @@ const DEFAULT_LINKS: [(&str, &str); 6] = [
     ("core", "/proc/kcore"),
 ];
 
-/// Steps 1 to 7 for `spec`, with `root` as the container's root directory.
+/// Steps 1 to 5 for `spec`, with `root` as the container's root directory.
 pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
     let linux = spec.linux().clone().unwrap_or_default();
     mount(
@@ -76,7 +77,12 @@ pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
     }
 
     pivot_root(root)?;
+    Ok(())
+}
 
+/// Steps 6 and 7, after the sysctls are written (runc's order: /proc/sys is read-only after).
+pub fn protect(spec: &Spec) -> Result<(), Failure> {
+    let linux = spec.linux().clone().unwrap_or_default();
     for path in linux.masked_paths().as_deref().unwrap_or_default() {
         mask(Path::new(path))?;
     }

@@ -157,6 +157,7 @@ fn container(
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
         std::fs::write(&path, &value).at(|| format!("set sysctl {key}={value}"))?;
     }
+    fs::protect(spec)?;
     identity::set_rlimits(process)?;
     identity::set_oom_score_adj(process)?;
     nix::unistd::setsid().at(|| "setsid")?;
