@@ -77,7 +77,15 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         .with_context(|| format!("initramfs {}", initrd.display()))?;
     drop(file);
 
-    let uds = spec.dir.join("vsock.sock");
+    // The vsock socket is bound and reached by a name relative to the VM's directory, the
+    // working directory from here on (see oci::control::enter_dir_of: a socket address holds
+    // 107 bytes); every other path is made absolute first.
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+    let (kernel, initrd, image) = (absolute(&kernel)?, absolute(&initrd)?, absolute(&packed.image)?);
+    let console = absolute(&spec.console.map_or_else(|| spec.dir.join("console.log"), Path::to_path_buf))?;
+    let dir = absolute(spec.dir)?;
+    std::env::set_current_dir(&dir).with_context(|| format!("{}", dir.display()))?;
+    let uds = PathBuf::from("vsock.sock");
     let mut config = VmConfig::new(&kernel);
     config.initrd = Some(initrd);
     config.cmdline = DEFAULT_CMDLINE.to_string();
@@ -86,12 +94,9 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     }
     config.mem_mib = spec.mem_mib;
     config.vcpus = spec.vcpus;
-    config.console = Console::File(
-        spec.console
-            .map_or_else(|| spec.dir.join("console.log"), Path::to_path_buf),
-    );
+    config.console = Console::File(console);
     config.disks = vec![DiskConfig {
-        path: packed.image.clone(),
+        path: image,
         read_only: true,
     }];
     config.vsock = Some(VsockConfig {
@@ -103,7 +108,9 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     let vmm = Vmm::boot(&config, start)?;
     // Before the guest's first instruction: the jail, then seccomp for this thread and all it
     // starts (the VMM's among them, which add their own narrower filters).
-    spec.confinement.enter_jail(spec.dir)?;
+    spec.confinement.enter_jail(&dir)?;
+    // The jail keeps the directory at the same path; its new root is the working directory.
+    std::env::set_current_dir(&dir).with_context(|| format!("{}", dir.display()))?;
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
     let (done_tx, done) = mpsc::channel();
     std::thread::Builder::new()

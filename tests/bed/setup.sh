@@ -22,9 +22,10 @@ pkg_installed() {
 
 # Debian packages: QEMU (TCG emulates AMD SVM for L1), a busybox for vng's
 # initramfs, cpio, file and kmod (vng calls `file` and `modprobe` on the host),
-# and erofs-utils (mkfs.erofs: `microvm run` packs root filesystems with it).
+# erofs-utils (mkfs.erofs: `microvm run` packs root filesystems with it), and podman and
+# runc (the OCI runtime tests drive microvm through podman, and compare with runc).
 missing=()
-for pkg in qemu-system-x86 busybox-static cpio file kmod erofs-utils; do
+for pkg in qemu-system-x86 busybox-static cpio file kmod erofs-utils podman runc; do
 	pkg_installed "$pkg" || missing+=("$pkg")
 done
 

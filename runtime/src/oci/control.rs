@@ -68,9 +68,19 @@ pub enum ControlError {
     Refused(String),
 }
 
+/// A unix socket's address holds at most 107 bytes, and `<root>/<64-character id>/...` can
+/// be longer: sockets are bound and reached by name from their directory, which becomes the
+/// process's working directory (the verbs are one-shot; the VMM process lives in it).
+pub fn enter_dir_of(socket: &Path) -> std::io::Result<&Path> {
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::env::set_current_dir(dir)?;
+    }
+    Ok(socket.file_name().map_or(socket, Path::new))
+}
+
 /// Sends `request` to the VMM process behind `socket` and returns its answer.
 pub fn call(socket: &Path, request: &ControlRequest) -> Result<ControlAnswer, ControlError> {
-    let stream = match UnixStream::connect(socket) {
+    let stream = match UnixStream::connect(enter_dir_of(socket)?) {
         Ok(stream) => stream,
         Err(e) if matches!(
             e.kind(),

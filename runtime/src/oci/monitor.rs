@@ -96,10 +96,12 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
         .map(|r| args.bundle.join(r.path()))
         .ok_or_else(|| anyhow!("{}: config.json has no root", args.bundle.display()))?;
     join_network_namespace(&spec)?;
-    let listener = UnixListener::bind(dir.control_socket())
-        .with_context(|| format!("control socket {}", dir.control_socket().display()))?;
-    std::fs::set_permissions(dir.control_socket(), std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("control socket {}", dir.control_socket().display()))?;
+    let socket = dir.control_socket();
+    let context = || format!("control socket {}", socket.display());
+    let listener = control::enter_dir_of(&socket)
+        .and_then(UnixListener::bind)
+        .with_context(context)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).with_context(context)?;
 
     let process = spec.process().clone().unwrap_or_default();
     let terminal = process.terminal().unwrap_or(false);
