@@ -58,7 +58,7 @@ else
   # in a fresh L1, up to three times in all; its last run counts.
   for t in "${GUEST_TESTS[@]}"; do
     for attempt in 1 2 3; do
-      tests/bed/nested.sh --console-errors --timeout 1500 -- "$t" --test-threads=2 2>&1 | tee "$LOGS/attempt.log"
+      tests/bed/nested.sh --console-errors --timeout 900 -- "$t" --test-threads=2 2>&1 | tee "$LOGS/attempt.log"
       s=${PIPESTATUS[0]}
       if [ "$s" = 125 ] && [ "$attempt" != 3 ] && grep -q "^nested.sh: L1 died while COMMAND was running" "$LOGS/attempt.log"; then
         echo "tests/run.sh: the nested bed's L1 died (not a test failure): running $(basename "$t") again" >&2
