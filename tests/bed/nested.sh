@@ -103,6 +103,9 @@ trap 'exit 129' HUP
 	echo 'modprobe kvm-amd 2>/dev/null || modprobe kvm-intel 2>/dev/null'
 	# L1's kernel log, kept on the share: if L1 dies, its last lines say why.
 	echo '(dmesg --follow --level=emerg,alert,crit,err,warn >"$share/dmesg" 2>&1 &)'
+	# A process snapshot every 30 s: if the watchdog stops L1, its age tells whether L1
+	# itself had frozen or only COMMAND hung, and the list shows what was waiting where.
+	echo '(while :; do ps -eo pid,ppid,stat,etimes,wchan:24,args --forest >"$share/ps.new" 2>&1 && mv "$share/ps.new" "$share/ps"; sleep 30; done </dev/null >/dev/null 2>&1 &)'
 	echo 'if [[ ! -c /dev/kvm ]]; then'
 	echo '  echo "nested.sh: L1 has no /dev/kvm (kvm-amd did not load; is +svm in -cpu?)" >&2'
 	echo '  echo 125 > "$share/status"; exit 125'
@@ -184,6 +187,7 @@ if [[ -n $limit ]]; then
 		sp=$!
 		wait "$sp"
 		echo "nested.sh: COMMAND still running after $limit s: stopping L1" >&2
+		: >"$tmp/timed-out"
 		kill -TERM -- "-$vpid" 2>/dev/null
 	) </dev/null &
 	dogpid=$!
@@ -210,6 +214,11 @@ if [[ -f $share/status ]]; then
 	exit "$rc"
 fi
 if [[ -f $share/started ]]; then
+	if [[ -f $tmp/timed-out && -f $share/ps ]]; then
+		age=$(($(date +%s) - $(stat -c %Y "$share/ps")))
+		echo "nested.sh: L1's processes as of $age s before it was stopped (a snapshot is taken every 30 s):" >&2
+		grep -v -e ' ps -eo ' -e ' sleep 30$' -e '\[.*\]$' "$share/ps" | head -n 60 >&2
+	fi
 	if [[ -s $share/dmesg ]]; then
 		echo "nested.sh: L1's last kernel warnings:" >&2
 		tail -n 20 "$share/dmesg" >&2

@@ -8,9 +8,15 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use guest_tests::{suite, Case};
-use test_support::run_in_pty;
+
+use test_support::{run_in_pty, KillAfter};
+
+/// How long a test waits for a `microvm run` it drives by hand (boots take seconds, even
+/// under emulation): past it the run is killed and the test fails instead of hanging.
+const LIMIT: Duration = Duration::from_secs(300);
 
 #[test]
 fn echo_prints_and_exit_codes_come_back() {
@@ -104,6 +110,7 @@ fn stdin_round_trips_64_mib_byte_for_byte_and_the_last_bytes_arrive() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _limit = KillAfter::new(child.id(), LIMIT, "microvm run");
     let mut stdin = child.stdin.take().unwrap();
     let feeder = std::thread::spawn({
         let data = data.clone();
@@ -139,6 +146,7 @@ fn sigterm_reaches_the_process() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _limit = KillAfter::new(child.id(), LIMIT, "microvm run");
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 8];
     std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
@@ -206,6 +214,7 @@ fn two_runs_at_once_do_not_interfere_and_a_name_in_use_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _limit = KillAfter::new(first.id(), LIMIT, "microvm run");
     let mut line = [0u8; 9];
     std::io::Read::read_exact(first.stdout.as_mut().unwrap(), &mut line).unwrap();
     assert_eq!(&line, b"first-up\n");
@@ -248,6 +257,7 @@ fn a_second_sigterm_kills_the_vm_when_the_process_ignores_the_first() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _limit = KillAfter::new(child.id(), LIMIT, "microvm run");
     let mut up = [0u8; 3];
     std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut up).unwrap();
     assert_eq!(&up, b"up\n");
@@ -259,7 +269,7 @@ fn a_second_sigterm_kills_the_vm_when_the_process_ignores_the_first() {
             .success())
     };
     term();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
     term();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143));

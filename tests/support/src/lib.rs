@@ -93,6 +93,40 @@ impl Microvm {
     }
 }
 
+/// Kills a process still running when a time limit passes, so that a hung child fails its
+/// test, with a line saying so, instead of holding the whole suite until the bed's watchdog
+/// stops it. Dropping the guard (after waiting for the child) disarms it.
+pub struct KillAfter {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+    timer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillAfter {
+    pub fn new(pid: u32, limit: Duration, what: &str) -> Self {
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        let what = what.to_owned();
+        let timer = std::thread::spawn(move || {
+            if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("test-support: {what} (pid {pid}) still running after {limit:?}: killed");
+                let pid = i32::try_from(pid).expect("pid fits in pid_t");
+                // SAFETY: kill takes plain integers; the pid is our unreaped child, so it
+                // cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        Self { disarm: Some(disarm), timer: Some(timer) }
+    }
+}
+
+impl Drop for KillAfter {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(t) = self.timer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Kills and reaps the child if the test stops caring about it.
 struct ChildGuard(Option<Child>);
 
@@ -154,7 +188,10 @@ pub fn run_in_pty(mut cmd: Command, rows: u16, cols: u16) -> (Option<i32>, Strin
         let _ = master.read_to_end(&mut out);
         String::from_utf8_lossy(&out).into_owned()
     });
-    let status = child.wait().expect("wait");
+    let status = {
+        let _limit = KillAfter::new(child.id(), Duration::from_secs(300), "a command under a pty");
+        child.wait().expect("wait")
+    };
     (status.code(), reader.join().expect("pty reader"))
 }
 
