@@ -210,14 +210,26 @@ impl SpawnError {
     }
 }
 
-/// Starts `request` under `reaper`, which calls `on_exit` when the process ends. With `hold`
-/// the process waits before exec for [`Spawned::held`] to release it (sandboxed path only).
+/// How a process starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In a new container, at once.
+    Start,
+    /// In a new container, held before exec until [`Spawned::held`] releases it (OCI
+    /// `create`; sandboxed path only).
+    Create,
+    /// In the container whose process is this pid (OCI `exec`). The direct path has no
+    /// container and starts it like any other.
+    Join(u32),
+}
+
+/// Starts `request` under `reaper`, which calls `on_exit` when the process ends.
 pub fn spawn(
     request: &StartProcess,
     config: &SpawnConfig,
     reaper: &Reaper,
     on_exit: OnExit,
-    hold: bool,
+    mode: Mode,
 ) -> Result<Spawned, SpawnError> {
     let process = request.process();
     let args = process.args().clone().unwrap_or_default();
@@ -247,8 +259,8 @@ pub fn spawn(
     let stdio = attach_stdio(&mut command, request, !config.sandbox)?;
 
     if config.sandbox {
-        start_sandboxed(command, request, &program, stdio, config, reaper, on_exit, hold)
-    } else if hold {
+        start_sandboxed(command, request, &program, stdio, config, reaper, on_exit, mode)
+    } else if mode == Mode::Create {
         Err(SpawnError::NoHold)
     } else {
         start_direct(command, request, &program, stdio, reaper, on_exit)
@@ -313,7 +325,7 @@ fn start_sandboxed(
     config: &SpawnConfig,
     reaper: &Reaper,
     on_exit: OnExit,
-    hold: bool,
+    mode: Mode,
 ) -> Result<Spawned, SpawnError> {
     let channel_error = |source| SpawnError::Channel {
         program: program.to_owned(),
@@ -349,10 +361,17 @@ fn start_sandboxed(
     unsafe { command.pre_exec(move || place_fds(fds.0, fds.1)) };
 
     let started = Instant::now();
-    let setup = ToContainer::Setup {
-        spec: request.spec.clone(),
-        init: request.init,
-        terminal: request.terminal,
+    let setup = match mode {
+        Mode::Join(target) => ToContainer::Join {
+            spec: request.spec.clone(),
+            target,
+            terminal: request.terminal,
+        },
+        Mode::Start | Mode::Create => ToContainer::Setup {
+            spec: request.spec.clone(),
+            init: request.init,
+            terminal: request.terminal,
+        },
     };
     let (pid, mut child) = reaper.spawn_watched(
         || {
@@ -387,10 +406,10 @@ fn start_sandboxed(
     drop(child_end);
     drop(console);
 
-    if config.boot_timer {
+    if config.boot_timer && !matches!(mode, Mode::Join(_)) {
         signal_boot_timer();
     }
-    if hold {
+    if mode == Mode::Create {
         // Nothing is read while held, so the channel's read timeout only counts after Go.
         spawned.held = Some(Held {
             channel,

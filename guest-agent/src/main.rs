@@ -9,10 +9,10 @@
 //! 4. Starts the reaper, which collects every child that exits (PID 1's duty).
 //! 5. Listens on vsock: the control port, and the stdin/stdout/stderr ports, whose connections
 //!    each get a thread.
-//! 6. Serves control connections: handshake, then requests (start the process, signals,
-//!    resizes, stdin, wait, shutdown).
-//! 7. Powers the VM off once the host sent Shutdown, or closed the control connection after
-//!    it was told the process's exit status.
+//! 6. Serves control connections, each on its own thread: handshake, then requests (start the
+//!    process, exec another in its container, signals, resizes, stdin, wait, limits, shutdown).
+//! 7. Powers the VM off once the host sent Shutdown, or closed a control connection after it
+//!    was told the container process's exit status.
 //!
 //! It never exits (PID 1 exiting panics the kernel): a fatal error prints one line,
 //! `microvm-agent: error: ...`, to the console and powers off.
@@ -94,18 +94,25 @@ fn run() -> Result<(), AgentError> {
             .map_err(|source| AgentError::Thread { port, source })?;
     }
 
-    // 6. and 7.
+    // 6. and 7. Each control connection is served on a thread of its own: `microvm exec`
+    // opens one beside the VMM process's.
     loop {
         let conn = control.accept()?;
         let reader = conn.try_clone().map_err(AgentError::Dup)?;
-        match agent.serve(reader, conn) {
-            Ok(SessionEnd::Shutdown) => return Ok(()),
-            Ok(SessionEnd::Closed) => {}
-            // Not fatal: the host may connect again.
-            Err(error) => warn(&error),
-        }
-        if agent.finished() {
-            return Ok(());
+        let agent = Arc::clone(&agent);
+        let serve = move || {
+            match agent.serve(reader, conn) {
+                Ok(SessionEnd::Shutdown) => power::off(),
+                Ok(SessionEnd::Closed) => {}
+                // Not fatal: the host may connect again.
+                Err(error) => warn(&error),
+            }
+            if agent.finished() {
+                power::off();
+            }
+        };
+        if let Err(error) = std::thread::Builder::new().name("control".into()).spawn(serve) {
+            warn(&format_args!("start a control connection's thread: {error}"));
         }
     }
 }

@@ -14,14 +14,17 @@ use std::os::fd::AsFd;
 use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 
+use oci_spec::runtime::{LinuxResources, Spec};
 use protocol::{
-    agent_handshake, read_frame, write_frame, ErrorKind, Event, GuestFile, HandshakeError, Message,
-    Request, Response, StartProcess, Stream, TerminalSize, TransportError, GUEST_FILES_DIR,
+    agent_handshake, read_frame, write_frame, ErrorKind, Event, ExecProcess, GuestFile,
+    HandshakeError, Message, Request, Response, StartProcess, Stream, TerminalSize,
+    TransportError, GUEST_FILES_DIR,
 };
 
-use crate::container::{self, Held, SpawnConfig};
+use crate::container::{self, Held, Mode, SpawnConfig};
 use crate::process::{lock, Exit, Process};
 use crate::reaper::{OnExit, Reaper};
+use crate::sandbox::cgroup;
 use crate::stdio::{self, relay_input, relay_output, Connection, StdioError};
 
 /// How a control connection ended.
@@ -71,12 +74,17 @@ pub enum StreamError {
     Relay(#[from] StdioError),
 }
 
-/// The agent's state across connections: the one container process it runs.
+/// The agent's state across connections: the container's process (the first one, whose end
+/// is the VM's), the spec it was built from, and the processes exec'd into it.
 pub struct Agent {
     config: SpawnConfig,
     reaper: &'static Reaper,
     version: String,
     process: Mutex<Option<Arc<Process>>>,
+    /// The config the container was built from, for exec and update.
+    spec: Mutex<Option<Box<Spec>>>,
+    /// Processes started by ExecProcess; those whose exit was reported are dropped at the next.
+    execs: Mutex<Vec<Arc<Process>>>,
     /// The process CreateProcess built, waiting before exec for StartCreated.
     held: Mutex<Option<(u32, Held)>>,
 }
@@ -88,6 +96,8 @@ impl Agent {
             reaper,
             version: version.into(),
             process: Mutex::new(None),
+            spec: Mutex::new(None),
+            execs: Mutex::new(Vec::new()),
             held: Mutex::new(None),
         }
     }
@@ -148,8 +158,10 @@ impl Agent {
                 ErrorKind::InvalidRequest,
                 "Hello again: the handshake is done".to_owned(),
             )),
-            Request::StartProcess(start) => self.start_process(&start, false),
-            Request::CreateProcess(start) => self.start_process(&start, true),
+            Request::StartProcess(start) => self.start_process(&start, Mode::Start),
+            Request::CreateProcess(start) => self.start_process(&start, Mode::Create),
+            Request::ExecProcess(exec) => self.exec_process(exec),
+            Request::UpdateResources { resources } => self.update(&resources),
             Request::StartCreated { pid } => self.start_created(pid),
             Request::Signal { pid, signal } => self.signal(pid, signal),
             Request::ResizeTerminal { pid, size } => self.resize(pid, size),
@@ -165,17 +177,52 @@ impl Agent {
         result.unwrap_or_else(|response| response)
     }
 
-    /// StartProcess, or with `hold` CreateProcess.
-    fn start_process(&self, start: &StartProcess, hold: bool) -> Result<Response, Response> {
+    /// StartProcess, or CreateProcess.
+    fn start_process(&self, start: &StartProcess, mode: Mode) -> Result<Response, Response> {
         let mut slot = lock(&self.process);
         if let Some(process) = slot.as_ref() {
             let message = format!(
-                "a process was started already (pid {}); this agent runs one",
+                "a process was started already (pid {}); this agent runs one container",
                 process.pid
             );
             return Err(error(ErrorKind::InvalidRequest, message));
         }
         write_guest_files(&start.files)?;
+        let (process, setup_micros) = self.launch(start, mode)?;
+        let pid = process.pid;
+        *slot = Some(process);
+        *lock(&self.spec) = Some(start.spec.clone());
+        Ok(Response::ProcessStarted { pid, setup_micros })
+    }
+
+    /// ExecProcess: the container's spec with the new process, started in the container.
+    fn exec_process(&self, exec: ExecProcess) -> Result<Response, Response> {
+        let running = lock(&self.process)
+            .as_ref()
+            .filter(|p| !stdio::ExitWatch::has_exited(&*p.exit))
+            .map(|p| p.pid);
+        let (Some(target), Some(mut spec)) = (running, lock(&self.spec).clone()) else {
+            let message = "exec: no container is running".to_owned();
+            return Err(error(ErrorKind::InvalidRequest, message));
+        };
+        spec.set_process(Some(*exec.process));
+        let start = StartProcess {
+            spec,
+            terminal: exec.terminal,
+            stdin: exec.stdin,
+            init: false,
+            files: Vec::new(),
+        };
+        let (process, setup_micros) = self.launch(&start, Mode::Join(target))?;
+        let pid = process.pid;
+        let mut execs = lock(&self.execs);
+        execs.retain(|p| !p.exit.reported());
+        execs.push(process);
+        Ok(Response::ProcessStarted { pid, setup_micros })
+    }
+
+    /// Spawns a process and wraps its stdio and exit for the connections.
+    fn launch(&self, start: &StartProcess, mode: Mode) -> Result<(Arc<Process>, u64), Response> {
         let outputs = if start.terminal.is_some() { 1 } else { 2 };
         let exit = Exit::new(outputs).map_err(|e| {
             error(
@@ -188,22 +235,36 @@ impl Agent {
             let exit = Arc::clone(&exit);
             Box::new(move |status| exit.set_exited(status))
         };
-        let mut spawned = container::spawn(start, &self.config, self.reaper, on_exit, hold)
+        let mut spawned = container::spawn(start, &self.config, self.reaper, on_exit, mode)
             .map_err(|e| error(e.kind(), e.to_string()))?;
         let pid = spawned.pid;
         if let Some(held) = spawned.held.take() {
             *lock(&self.held) = Some((pid, held));
         }
         let setup_micros = u64::try_from(spawned.setup.as_micros()).unwrap_or(u64::MAX);
-        *slot = Some(Arc::new(Process::new(
+        let process = Arc::new(Process::new(
             pid,
             exit,
             spawned.terminal,
             spawned.stdin,
             spawned.stdout,
             spawned.stderr,
-        )));
-        Ok(Response::ProcessStarted { pid, setup_micros })
+        ));
+        Ok((process, setup_micros))
+    }
+
+    /// UpdateResources: the new limits into the container's cgroup.
+    fn update(&self, resources: &LinuxResources) -> Result<Response, Response> {
+        let Some(spec) = lock(&self.spec).clone() else {
+            return Err(error(ErrorKind::InvalidRequest, "update: no container".to_owned()));
+        };
+        if !self.config.sandbox {
+            let message = "update: no cgroup without a sandbox".to_owned();
+            return Err(error(ErrorKind::InvalidRequest, message));
+        }
+        cgroup::apply(&cgroup::path_of(&spec), resources)
+            .map(|()| Response::Ok)
+            .map_err(|f| error(ErrorKind::Other, format!("update: {}: {}", f.step, f.message)))
     }
 
     fn start_created(&self, pid: u32) -> Result<Response, Response> {
@@ -294,9 +355,11 @@ impl Agent {
     }
 
     fn find(&self, pid: u32) -> Result<Arc<Process>, Response> {
-        match lock(&self.process).as_ref() {
-            Some(process) if process.pid == pid => Ok(Arc::clone(process)),
-            _ => Err(error(
+        let main = lock(&self.process).as_ref().filter(|p| p.pid == pid).cloned();
+        let found = main.or_else(|| lock(&self.execs).iter().find(|p| p.pid == pid).cloned());
+        match found {
+            Some(process) => Ok(process),
+            None => Err(error(
                 ErrorKind::NoSuchProcess,
                 format!("no process {pid} was started by this agent"),
             )),
@@ -436,7 +499,11 @@ mod tests {
         }
 
         fn connect_with(config: SpawnConfig) -> Self {
-            let agent = Arc::new(Agent::new(config, reaper::start().unwrap(), "agent-test"));
+            Self::attach(Arc::new(Agent::new(config, reaper::start().unwrap(), "agent-test")))
+        }
+
+        /// Another control connection to the same agent.
+        fn attach(agent: Arc<Agent>) -> Self {
             let (mut control, agent_end) = UnixStream::pair().unwrap();
             let session = {
                 let agent = Arc::clone(&agent);
@@ -559,6 +626,48 @@ mod tests {
         let err = String::from_utf8(stderr.join().unwrap()).unwrap();
         assert_eq!(host.close(), SessionEnd::Closed);
         (status, out, err)
+    }
+
+    #[test]
+    fn exec_runs_a_second_process_on_a_second_connection_while_the_first_runs() {
+        let mut first = Host::connect();
+        let main = first.start(process(&["sleep", "30"])).unwrap();
+        // Its exit is reported once its output is written out: attach it.
+        let main_out = first.stream(Stream::Stdout, main).0;
+        let main_err = first.stream(Stream::Stderr, main).0;
+        let mut second = Host::attach(Arc::clone(&first.agent));
+        let exec = ExecProcess {
+            process: Box::new(process(&["sh", "-c", "echo from-exec; exit 3"]).process().into_owned()),
+            terminal: None,
+            stdin: false,
+        };
+        let pid = match second.request(Request::ExecProcess(exec.clone())) {
+            Response::ProcessStarted { pid, .. } => pid,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_ne!(pid, main);
+        let (out, _) = second.stream(Stream::Stdout, pid);
+        let (err, _) = second.stream(Stream::Stderr, pid);
+        assert_eq!(second.request(Request::WaitProcess { pid }), Response::Ok);
+        assert_eq!(second.exited(pid), ExitStatusWire::Exited(3));
+        assert_eq!(read_all(out), b"from-exec\n");
+        assert_eq!(read_all(err), b"");
+        assert_eq!(second.close(), SessionEnd::Closed);
+        assert!(!first.agent.finished(), "an exec's end is not the container's");
+
+        // Signals reach the container's process; once it is gone, exec is refused.
+        let signal = Request::Signal { pid: main, signal: libc::SIGKILL };
+        assert_eq!(first.request(signal), Response::Ok);
+        assert_eq!(first.request(Request::WaitProcess { pid: main }), Response::Ok);
+        assert_eq!(first.exited(main), ExitStatusWire::Signaled(libc::SIGKILL));
+        assert_eq!((read_all(main_out), read_all(main_err)), (Vec::new(), Vec::new()));
+        match first.request(Request::ExecProcess(exec)) {
+            Response::Error { kind: ErrorKind::InvalidRequest, message } => {
+                assert!(message.contains("no container is running"), "{message}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(first.close(), SessionEnd::Closed);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::{AGENT_STDERR_PORT, AGENT_STDIN_PORT, AGENT_STDOUT_PORT};
@@ -64,6 +64,14 @@ pub enum Request {
     /// before it execs (OCI `create`). Answered like StartProcess; the process's streams can be
     /// attached, and it can be signalled or waited for, before [`Request::StartCreated`].
     CreateProcess(StartProcess),
+    /// Start another process in the container the first one runs in (OCI `exec`): it joins
+    /// that process's namespaces and cgroup and gets the container's seccomp filter, with the
+    /// identity, capabilities and rlimits of its own `process`. Answered like StartProcess.
+    ExecProcess(ExecProcess),
+    /// Change the container's cgroup limits (OCI `update`): the pids and memory limits of
+    /// `resources` that are set are written; the rest is left alone. Answered by
+    /// [`Response::Ok`].
+    UpdateResources { resources: Box<LinuxResources> },
     /// Let the process that CreateProcess held exec (OCI `start`). Answered by
     /// [`Response::Ok`] once it has, or [`Response::Error`] when exec failed.
     StartCreated { pid: u32 },
@@ -103,6 +111,18 @@ pub struct StartProcess {
     /// of the spec's bind mounts (podman's /etc/hosts and the like), which name them by path.
     #[serde(default)]
     pub files: Vec<GuestFile>,
+}
+
+/// A second process for a running container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProcess {
+    /// What to run and as whom (runc's `exec --process` file).
+    pub process: Box<Process>,
+    /// As in [`StartProcess::terminal`].
+    pub terminal: Option<TerminalSize>,
+    /// As in [`StartProcess::stdin`].
+    pub stdin: bool,
 }
 
 /// A file the host copies into the guest, under [`GUEST_FILES_DIR`].

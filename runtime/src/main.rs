@@ -67,6 +67,10 @@ fn main() -> ExitCode {
         Some(Command::Oci(cli::oci::OciCommand::Monitor(_))) => {
             jail::close_fds_from(oci::monitor::READY_FD as u32 + 1)
         }
+        // ...as a detached exec's stand-in keeps exec's.
+        Some(Command::Oci(cli::oci::OciCommand::ExecProcess(_))) => {
+            jail::close_fds_from(oci::exec::READY_FD as u32 + 1)
+        }
         _ => {}
     }
     // runc's callers expect 1 from a failed verb; microvm's own commands use 125, as docker.

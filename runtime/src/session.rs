@@ -69,6 +69,24 @@ impl Session {
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
+        Self::handshake(stream)
+    }
+
+    /// Connects to the agent of a VM that is up (`microvm exec`: a second control connection
+    /// beside the VMM process's), and shakes hands.
+    pub fn attach(uds: &Path) -> anyhow::Result<Self> {
+        let stream = vsock_connect(uds, protocol::AGENT_CONTROL_PORT)
+            .with_context(|| format!("connect to the agent through {}", uds.display()))?;
+        stream
+            .set_read_timeout(Some(AGENT_TIMEOUT))
+            .context("vsock control connection")?;
+        let session = Self::handshake(stream)?;
+        // The handshake is bounded; what follows waits as long as the process runs.
+        session.reader.set_read_timeout(None).context("vsock control connection")?;
+        Ok(session)
+    }
+
+    fn handshake(stream: UnixStream) -> anyhow::Result<Self> {
         let writer = stream.try_clone().context("vsock control connection")?;
         let mut reader = stream;
         let mut both = ReadWrite {

@@ -13,6 +13,9 @@ use vmm::Vmm;
 use crate::cli::ConfinementArgs;
 use crate::host;
 
+/// The VMM's vsock socket, in the VM's directory.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+
 /// The guest's vsock context id (2 is the host; 3 is the first guest id).
 const GUEST_CID: u64 = 3;
 
@@ -41,6 +44,8 @@ pub struct RunningVm {
     pub uds: PathBuf,
     /// Receives the VMM's report when the VM has stopped.
     pub done: mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
+    /// Parks and wakes the vCPUs (OCI `pause` and `resume`).
+    pub pause: vmm::PauseHandle,
 }
 
 /// Checks the inputs, packs the rootfs, boots the VM and enters the jail.
@@ -85,7 +90,7 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     let console = absolute(&spec.console.map_or_else(|| spec.dir.join("console.log"), Path::to_path_buf))?;
     let dir = absolute(spec.dir)?;
     std::env::set_current_dir(&dir).with_context(|| format!("{}", dir.display()))?;
-    let uds = PathBuf::from("vsock.sock");
+    let uds = PathBuf::from(VSOCK_SOCKET);
     let mut config = VmConfig::new(&kernel);
     config.initrd = Some(initrd);
     config.cmdline = DEFAULT_CMDLINE.to_string();
@@ -112,6 +117,7 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     // The jail keeps the directory at the same path; its new root is the working directory.
     std::env::set_current_dir(&dir).with_context(|| format!("{}", dir.display()))?;
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
+    let pause = vmm.pause_handle();
     let (done_tx, done) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm".into())
@@ -119,7 +125,7 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
             let _ = done_tx.send(vmm.run());
         })
         .context("start the VMM thread")?;
-    Ok(RunningVm { uds, done })
+    Ok(RunningVm { uds, done, pause })
 }
 
 /// The agent binary: `--agent`, `$MICROVM_AGENT`, `microvm-agent` beside this binary, or the

@@ -22,10 +22,11 @@ pkg_installed() {
 
 # Debian packages: QEMU (TCG emulates AMD SVM for L1), a busybox for vng's
 # initramfs, cpio, file and kmod (vng calls `file` and `modprobe` on the host),
-# erofs-utils (mkfs.erofs: `microvm run` packs root filesystems with it), and podman and
-# runc (the OCI runtime tests drive microvm through podman, and compare with runc).
+# erofs-utils (mkfs.erofs: `microvm run` packs root filesystems with it), podman and
+# runc (the OCI runtime tests drive microvm through podman, and compare with runc), and
+# docker.io (tests/guest/tests/docker.rs starts a dockerd and containerd of its own).
 missing=()
-for pkg in qemu-system-x86 busybox-static cpio file kmod erofs-utils podman runc; do
+for pkg in qemu-system-x86 busybox-static cpio file kmod erofs-utils podman runc docker.io; do
 	pkg_installed "$pkg" || missing+=("$pkg")
 done
 

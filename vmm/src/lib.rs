@@ -11,7 +11,8 @@
 //!    boot information and the MP table;
 //! 7. create and configure the vCPUs.
 //!
-//! [`Vmm::run`] then starts one thread per vCPU and waits for the guest to stop.
+//! [`Vmm::run`] then starts one thread per vCPU and waits for the guest to stop. A
+//! [`PauseHandle`], taken before, stops and restarts the vCPUs meanwhile.
 
 pub mod arch;
 pub mod config;
@@ -19,6 +20,9 @@ pub mod devices;
 pub mod exit;
 pub mod seccomp;
 pub mod vstate;
+
+#[cfg(test)]
+mod kvm_tests;
 
 use std::fs::File;
 use std::io::{LineWriter, Write};
@@ -38,11 +42,14 @@ use devices::mmio_bus::MmioBus;
 use devices::virtio::{block::Block, mmio::MmioTransport, vsock::Vsock};
 use devices::LegacyDevices;
 use exit::{ExitState, VmExit};
+use vstate::pause::PauseState;
 use vstate::vcpu::{kick_signal, Vcpu, VcpuShared};
 
 pub use config::ConfigError;
+pub use vstate::pause::{PauseError, PauseHandle};
 
-/// How often idle vCPUs are kicked to see whether the guest has halted for good.
+/// How often idle vCPUs are kicked to see whether the guest has halted for good (or, when a
+/// pause is asked for, to get them out of KVM_RUN).
 const KICK_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +112,17 @@ pub struct Vmm {
     start: Instant,
     /// `MICROVM_TEST_TRIGGER`, see [`test_trigger`].
     test_trigger: Option<String>,
+    /// Ends the pause state when the VM is gone: when `run` returns, or without it.
+    _pause_end: PauseEnd,
+}
+
+/// Makes pausing fail, and wakes the parked vCPUs, once dropped.
+struct PauseEnd(Arc<PauseState>);
+
+impl Drop for PauseEnd {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 /// For the tests of the confinement only: `MICROVM_TEST_TRIGGER=seccomp` makes a system call
@@ -179,6 +197,7 @@ impl Vmm {
             .collect::<Result<Vec<_>, _>>()?;
         vcpus[0].setup_boot(&mem, &kernel)?;
 
+        let pause = Arc::new(PauseState::new(vcpus.len()));
         let shared = Arc::new(VcpuShared {
             devices,
             mmio,
@@ -186,9 +205,16 @@ impl Vmm {
             stopped: (0..config.vcpus).map(|_| AtomicBool::new(false)).collect(),
             start,
             first_run: OnceLock::new(),
+            pause: pause.clone(),
         });
         let test_trigger = std::env::var("MICROVM_TEST_TRIGGER").ok();
-        Ok(Self { vcpus, shared, _vm: vm, _mem: mem, start, test_trigger })
+        Ok(Self { vcpus, shared, _vm: vm, _mem: mem, start, test_trigger, _pause_end: PauseEnd(pause) })
+    }
+
+    /// Pauses and resumes this VM's vCPUs while [`run`](Self::run) runs them; a pause asked
+    /// before holds them at their first instruction.
+    pub fn pause_handle(&self) -> PauseHandle {
+        PauseHandle::new(self.shared.pause.clone())
     }
 
     /// Runs the guest until it stops. vCPU threads still blocked in KVM_RUN are left to end
@@ -213,12 +239,17 @@ impl Vmm {
             if let Some(exit) = self.shared.exits.wait(KICK_INTERVAL) {
                 break exit;
             }
+            if self.shared.pause.is_paused() {
+                continue; // all parked, none in KVM_RUN
+            }
             for t in &threads {
                 // A vCPU between two KVM_RUNs misses this kick and gets the next one.
                 let _ = t.kill(kick_signal());
             }
         };
         let total = self.start.elapsed();
+        // vCPUs parked by a pause leave, and pausing fails from now on.
+        self.shared.pause.end();
         self.shared.devices.flush();
         Ok(RunReport {
             exit,

@@ -6,7 +6,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxCpu, Spec};
+use oci_spec::runtime::{LinuxCpu, LinuxResources, Spec};
 
 use super::fail::{At, Failure};
 
@@ -32,38 +32,64 @@ pub fn setup(spec: &Spec) -> Result<PathBuf, Failure> {
     }
 
     if let Some(resources) = linux.resources() {
-        if let Some(limit) = resources.pids().as_ref().map(|p| p.limit()) {
+        apply(&cgroup, resources)?;
+    }
+    write(&cgroup, "cgroup.procs", "0")?;
+    Ok(cgroup)
+}
+
+/// The container's cgroup directory, as [`setup`] made it.
+pub fn path_of(spec: &Spec) -> PathBuf {
+    let linux = spec.linux().clone().unwrap_or_default();
+    Path::new(CGROUP_ROOT).join(relative_path(linux.cgroups_path().as_deref()))
+}
+
+/// Moves this process into the cgroup of process `pid` (OCI `exec`: the new process is
+/// counted and limited with the container's).
+pub fn join_of(pid: u32) -> Result<(), Failure> {
+    let listing = format!("/proc/{pid}/cgroup");
+    let text = std::fs::read_to_string(&listing).at(|| format!("read {listing}"))?;
+    // cgroup v2 only: one line, "0::/path".
+    let relative = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .ok_or_else(|| Failure::new(format!("read {listing}"), "no cgroup v2 entry"))?;
+    let cgroup = Path::new(CGROUP_ROOT).join(relative_path(Some(Path::new(relative))));
+    write(&cgroup, "cgroup.procs", "0")
+}
+
+/// Writes the limits `resources` sets (pids, memory, cpu) into `cgroup`; others stay.
+pub fn apply(cgroup: &Path, resources: &LinuxResources) -> Result<(), Failure> {
+    if let Some(limit) = resources.pids().as_ref().map(|p| p.limit()) {
+        let value = if limit > 0 {
+            limit.to_string()
+        } else {
+            "max".into()
+        };
+        write(cgroup, "pids.max", &value)?;
+    }
+    if let Some(memory) = resources.memory() {
+        if let Some(limit) = memory.limit() {
             let value = if limit > 0 {
                 limit.to_string()
             } else {
                 "max".into()
             };
-            write(&cgroup, "pids.max", &value)?;
+            write(cgroup, "memory.max", &value)?;
         }
-        if let Some(memory) = resources.memory() {
-            if let Some(limit) = memory.limit() {
-                let value = if limit > 0 {
-                    limit.to_string()
-                } else {
-                    "max".into()
-                };
-                write(&cgroup, "memory.max", &value)?;
-            }
-            if let Some(reservation) = memory.reservation().filter(|r| *r > 0) {
-                write(&cgroup, "memory.low", &reservation.to_string())?;
-            }
-        }
-        if let Some(cpu) = resources.cpu() {
-            if let Some(max) = cpu_max(cpu) {
-                write(&cgroup, "cpu.max", &max)?;
-            }
-            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
-                write(&cgroup, "cpu.weight", &shares_to_weight(shares).to_string())?;
-            }
+        if let Some(reservation) = memory.reservation().filter(|r| *r > 0) {
+            write(cgroup, "memory.low", &reservation.to_string())?;
         }
     }
-    write(&cgroup, "cgroup.procs", "0")?;
-    Ok(cgroup)
+    if let Some(cpu) = resources.cpu() {
+        if let Some(max) = cpu_max(cpu) {
+            write(cgroup, "cpu.max", &max)?;
+        }
+        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+            write(cgroup, "cpu.weight", &shares_to_weight(shares).to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// `linux.cgroupsPath` as a path under the root: only its normal components (no `..`, no

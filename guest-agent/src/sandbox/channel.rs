@@ -41,6 +41,14 @@ pub enum ToContainer {
         /// controlling terminal, and send the master on [`CONSOLE_FD`].
         terminal: Option<protocol::TerminalSize>,
     },
+    /// Start another process in the container whose process is `target` (OCI `exec`): join
+    /// its cgroup and namespaces instead of making them; the rest as for Setup, less what
+    /// only building a container does (filesystem, hostname, sysctls).
+    Join {
+        spec: Box<Spec>,
+        target: u32,
+        terminal: Option<protocol::TerminalSize>,
+    },
     /// The agent watches the container's pid: go on and exec.
     Go,
 }

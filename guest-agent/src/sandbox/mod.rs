@@ -12,8 +12,12 @@
 //!    seccomp last when `noNewPrivileges` is on;
 //! 6. exec the command, or with `--init` run the reaping [`init`] with the command as its
 //!    child. An exec failure is reported on the channel; a successful exec closes it.
+//!
+//! For OCI `exec` ([`channel::ToContainer::Join`]) step 2 joins the cgroup and namespaces of
+//! the container's process instead of making them, and step 4 skips what only building the
+//! container does (filesystem, hostname, sysctls).
 
-mod cgroup;
+pub mod cgroup;
 pub mod channel;
 mod fail;
 mod fs;
@@ -67,7 +71,15 @@ pub fn main() -> ! {
             Ok(never) => match never {},
             Err(failure) => failure,
         },
-        other => Failure::new("receive the spec", format!("expected Setup, got {other:?}")),
+        Ok(Some(ToContainer::Join {
+            spec,
+            target,
+            terminal,
+        })) => match join(&spec, target, terminal, &mut channel) {
+            Ok(never) => match never {},
+            Err(failure) => failure,
+        },
+        other => Failure::new("receive the spec", format!("expected Setup or Join, got {other:?}")),
     };
     let _ = channel.send(&failure.into_message());
     std::process::exit(1);
@@ -88,8 +100,59 @@ fn setup(
     cgroup::setup(spec)?;
     let flags = namespace_flags(spec)?;
     unshare(flags).at(|| format!("unshare {flags:?}"))?;
+    fork_and_report(channel)?;
+    container(spec, &process, &command, init, terminal, channel)
+}
+
+/// OCI exec: steps 2 and 3 for a process that joins the container whose process is `target`
+/// (its cgroup and namespaces), then the end of step 4 and steps 5 and 6 as for the first.
+fn join(
+    spec: &Spec,
+    target: u32,
+    terminal: Option<TerminalSize>,
+    channel: &mut Channel,
+) -> Result<Infallible, Failure> {
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| Failure::new("read the spec", "it has no process").invalid())?;
+    let command = Command::new(&process)?;
+    cgroup::join_of(target)?;
+    // Every namespace is opened before the first is joined: inside the container's mount
+    // namespace /proc is the container's, where `target` has another number.
+    let mut namespaces = Vec::new();
+    for (flag, name) in NAMESPACE_FILES {
+        if namespace_flags(spec)?.contains(flag) {
+            let path = format!("/proc/{target}/ns/{name}");
+            let file = std::fs::File::open(&path).at(|| format!("open {path}"))?;
+            namespaces.push((file, flag, name));
+        }
+    }
+    for (file, flag, name) in &namespaces {
+        nix::sched::setns(file, *flag).at(|| format!("join the container's {name} namespace"))?;
+    }
+    drop(namespaces);
+    // Joining a PID namespace only places the children: the forked one is in it.
+    fork_and_report(channel)?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    launch(&linux, &process, &command, false, terminal, channel)
+}
+
+/// The namespaces an exec joins, by their file in /proc/PID/ns; the mount namespace last.
+const NAMESPACE_FILES: [(CloneFlags, &str); 6] = [
+    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+    (CloneFlags::CLONE_NEWIPC, "ipc"),
+    (CloneFlags::CLONE_NEWUTS, "uts"),
+    (CloneFlags::CLONE_NEWNET, "net"),
+    (CloneFlags::CLONE_NEWPID, "pid"),
+    (CloneFlags::CLONE_NEWNS, "mnt"),
+];
+
+/// Step 3: forks; the parent reports the child's pid (as the agent sees it) and exits, the
+/// child returns.
+fn fork_and_report(channel: &mut Channel) -> Result<(), Failure> {
     // SAFETY: this process is single-threaded; the child may do anything after fork.
-    match unsafe { fork() }.at(|| "fork the container's first process")? {
+    match unsafe { fork() }.at(|| "fork the container's process")? {
         ForkResult::Parent { child } => {
             let pid = u32::try_from(child.as_raw()).unwrap_or_default();
             channel
@@ -97,7 +160,7 @@ fn setup(
                 .at(|| "report the pid")?;
             std::process::exit(0);
         }
-        ForkResult::Child => container(spec, &process, &command, init, terminal, channel),
+        ForkResult::Child => Ok(()),
     }
 }
 
@@ -158,6 +221,19 @@ fn container(
         std::fs::write(&path, &value).at(|| format!("set sysctl {key}={value}"))?;
     }
     fs::protect(spec)?;
+    launch(&linux, process, command, init, terminal, channel)
+}
+
+/// The end of step 4 (rlimits, OOM score, session, terminal, working directory) and steps 5
+/// and 6, for the container's first process and for one that joined it.
+fn launch(
+    linux: &oci_spec::runtime::Linux,
+    process: &Process,
+    command: &Command,
+    init: bool,
+    terminal: Option<TerminalSize>,
+    channel: &mut Channel,
+) -> Result<Infallible, Failure> {
     identity::set_rlimits(process)?;
     identity::set_oom_score_adj(process)?;
     nix::unistd::setsid().at(|| "setsid")?;

@@ -5,21 +5,23 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use nix::sys::signal::{kill, Signal};
+use oci_spec::runtime::{LinuxPidsBuilder, LinuxResources};
 use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::launch_checks::{self, Policy};
 use crate::oci::control::{self, ControlAnswer, ControlError, ControlRequest, Status};
+use crate::oci::exec;
 use crate::oci::monitor::READY_FD;
 use crate::oci::state::{self, ContainerDir, Record};
 
@@ -68,16 +70,18 @@ pub enum OciCommand {
     Features,
     /// Write a default config.json into the bundle
     Spec(SpecArgs),
-    /// Pause the container (not supported yet)
+    /// Pause the container: its VM's vCPUs stop
     Pause(IdArg),
-    /// Resume a paused container (not supported yet)
+    /// Resume a paused container
     Resume(IdArg),
-    /// Run another process in the container (not supported yet)
+    /// Run another process in the container
     Exec(ExecArgs),
-    /// Change the container's resource limits (not supported yet)
+    /// Change the container's pids and memory limits (in the guest's cgroup)
     Update(UpdateArgs),
     #[command(hide = true)]
     Monitor(crate::oci::monitor::MonitorArgs),
+    #[command(hide = true)]
+    ExecProcess(crate::oci::exec::StandInArgs),
 }
 
 #[derive(Debug, Args)]
@@ -156,20 +160,30 @@ pub struct SpecArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    #[arg(long, short)]
+    /// The process to run, as config.json's `process` (else the container's, with COMMAND)
+    #[arg(long, short, value_name = "FILE")]
     process: Option<PathBuf>,
+    /// Return once the process runs; a process of ours stands in for it (see --pid-file)
     #[arg(long, short)]
     detach: bool,
-    #[arg(long)]
+    /// With --detach: write the stand-in's pid here
+    #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    #[arg(long)]
+    /// Send the pty master of a terminal process to this unix socket
+    #[arg(long, value_name = "PATH")]
     console_socket: Option<PathBuf>,
+    /// Give the process a terminal (needs --console-socket)
     #[arg(long, short)]
     tty: bool,
+    /// Working directory in the container
     #[arg(long)]
     cwd: Option<String>,
+    /// Add an environment variable (KEY=value)
     #[arg(long, short)]
     env: Vec<String>,
+    /// Accepted; descriptors cannot cross into a VM, so none are passed
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
     id: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -177,8 +191,15 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
-    #[arg(short, long)]
-    resources: Option<String>,
+    /// The new limits, as config.json's `linux.resources` (`-`: from stdin)
+    #[arg(short, long, value_name = "FILE")]
+    resources: Option<PathBuf>,
+    /// Maximum number of processes (0 or less: no limit)
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// Memory limit in bytes (-1: no limit)
+    #[arg(long)]
+    memory: Option<i64>,
     id: String,
 }
 
@@ -194,21 +215,14 @@ pub fn run(global: &GlobalArgs, command: OciCommand, start: Instant) -> anyhow::
         OciCommand::Ps(args) => ps(global, &args),
         OciCommand::Features => features(),
         OciCommand::Spec(args) => write_spec(&args),
-        OciCommand::Pause(IdArg { id }) | OciCommand::Resume(IdArg { id }) => {
-            ContainerDir::open(&global.root, &id)?;
-            bail!("pause and resume are not supported yet")
-        }
-        OciCommand::Exec(args) => {
-            ContainerDir::open(&global.root, &args.id)?;
-            bail!("exec: running a second process in a container is not supported yet")
-        }
-        OciCommand::Update(args) => {
-            ContainerDir::open(&global.root, &args.id)?;
-            bail!("update: changing a running container's resources is not supported yet")
-        }
+        OciCommand::Pause(IdArg { id }) => ask(global, &id, &ControlRequest::Pause),
+        OciCommand::Resume(IdArg { id }) => ask(global, &id, &ControlRequest::Resume),
+        OciCommand::Exec(args) => exec(global, &args),
+        OciCommand::Update(args) => update(global, &args),
         OciCommand::Monitor(args) => {
             return Ok(crate::oci::monitor::run(&global.root, args, start));
         }
+        OciCommand::ExecProcess(args) => return Ok(crate::oci::exec::stand_in(&global.root, &args)),
     };
     if let Err(e) = &result {
         log_error(global, &crate::one_line(e));
@@ -260,27 +274,12 @@ fn start_monitor(
     dir: &ContainerDir,
     spec: &oci_spec::runtime::Spec,
 ) -> anyhow::Result<()> {
-    let (ready_read, ready_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create: pipe")?;
     let mut command = Command::new("/proc/self/exe");
     command.arg("--root").arg(&global.root).arg("monitor").arg(&args.id).arg("--bundle").arg(bundle);
     if let Some(socket) = &args.console_socket {
         command.arg("--console-socket").arg(std::path::absolute(socket)?);
     }
-    let write_fd = ready_write.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and calls only dup2, which is
-    // async-signal-safe, on a descriptor open until spawn returns. dup2 leaves the copy
-    // without close-on-exec, so the VMM process inherits it at READY_FD.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(write_fd, READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let mut child = command.spawn().context("create: start the VMM process")?;
-    drop(ready_write);
+    let (mut child, ready) = spawn_with_ready_pipe(command, READY_FD).context("create: start the VMM process")?;
     let pid = child.id() as i32;
     let record = Record {
         id: args.id.clone(),
@@ -292,8 +291,7 @@ fn start_monitor(
         annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
     };
     let recorded = dir.write(&record);
-    let mut answer = String::new();
-    let _ = File::from(ready_read).take(64 * 1024).read_to_string(&mut answer);
+    let answer = read_answer(ready);
     if answer.trim() != "ok" || recorded.is_err() {
         let _ = child.kill();
         let _ = child.wait();
@@ -310,6 +308,84 @@ fn start_monitor(
     // The VMM process outlives us; the caller (a subreaper) adopts it.
     std::mem::forget(child);
     Ok(())
+}
+
+/// Starts a process that stands in for a container's process (the VMM process, or a
+/// detached exec's) with a pipe's write end at `fd`, on which it says "ok" or why it failed;
+/// returns the child and the pipe's read end.
+fn spawn_with_ready_pipe(mut command: Command, fd: RawFd) -> anyhow::Result<(Child, File)> {
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let write_fd = ready_write.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and calls only dup2, which is
+    // async-signal-safe, on a descriptor open until spawn returns. dup2 leaves the copy
+    // without close-on-exec, so the child inherits it at `fd`.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(write_fd, fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let child = command.spawn()?;
+    Ok((child, File::from(ready_read)))
+}
+
+/// The stand-in's first line (empty if it exited without one).
+fn read_answer(ready: File) -> String {
+    let mut answer = String::new();
+    let _ = ready.take(64 * 1024).read_to_string(&mut answer);
+    answer
+}
+
+/// `exec`: see `oci::exec`.
+fn exec(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<u8> {
+    let dir = ContainerDir::open(&global.root, &args.id)?;
+    let record = dir.read()?;
+    exec::check_running(&dir, &record)?;
+    let process = exec::resolve(
+        &record.bundle,
+        args.process.as_deref(),
+        &args.command,
+        &args.env,
+        args.cwd.as_deref(),
+        args.tty,
+    )?;
+    if process.terminal().unwrap_or(false) && args.console_socket.is_none() {
+        bail!("process.terminal is set but no --console-socket was given");
+    }
+    let console_socket = args.console_socket.as_deref().map(std::path::absolute).transpose()?;
+    if !args.detach {
+        return exec::run_attached(&global.root, &args.id, process, console_socket.as_deref());
+    }
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg("--root")
+        .arg(std::path::absolute(&global.root)?)
+        .arg("exec-process")
+        .arg(&args.id)
+        .arg("--process-json")
+        .arg(serde_json::to_string(&process)?);
+    if let Some(socket) = &console_socket {
+        command.arg("--console-socket").arg(socket);
+    }
+    let (mut child, ready) = spawn_with_ready_pipe(command, exec::READY_FD).context("exec: start the process")?;
+    let answer = read_answer(ready);
+    if answer.trim() != "ok" {
+        let _ = child.kill();
+        let _ = child.wait();
+        match answer.trim() {
+            "" => bail!("exec: the process's stand-in exited before the process started"),
+            message => bail!("{message}"),
+        }
+    }
+    if let Some(pid_file) = &args.pid_file {
+        write_atomically(pid_file, child.id().to_string().as_bytes())
+            .with_context(|| format!("pid file {}", pid_file.display()))?;
+    }
+    // The stand-in outlives us; the caller (a subreaper) adopts it.
+    std::mem::forget(child);
+    Ok(0)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -389,6 +465,33 @@ fn parse_signal(text: &str) -> anyhow::Result<i32> {
     let upper = text.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
     Signal::from_str(&name).map(|s| s as i32).map_err(|_| anyhow!("signal {text}: unknown"))
+}
+
+/// `update`: the limits from --resources, then the flags over them, into the guest's cgroup.
+fn update(global: &GlobalArgs, args: &UpdateArgs) -> anyhow::Result<u8> {
+    let mut resources = match args.resources.as_deref() {
+        None => LinuxResources::default(),
+        Some(path) => {
+            let name = path.display().to_string();
+            let mut text = String::new();
+            let read = if name == "-" {
+                std::io::stdin().read_to_string(&mut text)
+            } else {
+                File::open(path).and_then(|mut f| f.read_to_string(&mut text))
+            };
+            read.with_context(|| format!("resources {name}"))?;
+            serde_json::from_str(&text).with_context(|| format!("resources {name}"))?
+        }
+    };
+    if let Some(limit) = args.pids_limit {
+        resources.set_pids(Some(LinuxPidsBuilder::default().limit(limit).build()?));
+    }
+    if let Some(limit) = args.memory {
+        let mut memory = resources.memory().unwrap_or_default();
+        memory.set_limit(Some(limit));
+        resources.set_memory(Some(memory));
+    }
+    ask(global, &args.id, &ControlRequest::Update { resources: Box::new(resources) })
 }
 
 /// `delete`: a stopped or created container goes at once, a running one only with --force

@@ -43,8 +43,11 @@ pub enum ControlRequest {
     Start,
     /// Send `signal` to the container's process (`all`: to every process in it).
     Kill { signal: i32, all: bool },
+    /// Park the VM's vCPUs.
     Pause,
     Resume,
+    /// New cgroup limits for the container (in the guest).
+    Update { resources: Box<oci_spec::runtime::LinuxResources> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,5 +4,6 @@
 
 pub mod console;
 pub mod control;
+pub mod exec;
 pub mod monitor;
 pub mod state;

@@ -33,6 +33,8 @@ use crate::vm::VmSpec;
 
 /// How long the agent may take to answer a request sent on a verb's behalf.
 const AGENT_ANSWER: Duration = Duration::from_secs(60);
+/// How long `pause` waits for every vCPU to leave the guest.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the pty's window size is looked at.
 const RESIZE_POLL: Duration = Duration::from_millis(200);
 /// Guest memory and vCPUs of a container's VM.
@@ -79,10 +81,8 @@ pub fn run(root: &Path, args: MonitorArgs, start: Instant) -> u8 {
 struct Created {
     session: Session,
     pid: u32,
-    agent: Arc<AgentClient>,
+    relay: Relay,
     status: Arc<Mutex<Status>>,
-    responses: mpsc::Sender<Response>,
-    outputs: Vec<std::thread::JoinHandle<()>>,
     vm_done: mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
 }
 
@@ -128,9 +128,7 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
     tracing::debug!("monitor: VM booted");
     let mut session = Session::connect(&vm.uds, &vm.done)?;
     tracing::debug!("monitor: agent answered");
-    let size = pty
-        .as_ref()
-        .map(|p| crate::tty::size_of(p.as_fd()).unwrap_or(TerminalSize { rows: 24, cols: 80 }));
+    let size = terminal_size(pty.as_ref());
     let request = StartProcess { spec: Box::new(spec), terminal: size, stdin: true, init: false, files };
     let pid = match session.call(Request::CreateProcess(request))? {
         Response::ProcessStarted { pid, .. } => pid,
@@ -138,6 +136,28 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
         other => bail!("agent answered CreateProcess with {other:?}"),
     };
     tracing::debug!("monitor: process {pid} created");
+    let relay = relay(&mut session, &vm.uds, pid, pty)?;
+    tracing::debug!("monitor: stdio attached, waiting for the exit");
+    let status = Arc::new(Mutex::new(Status::Created));
+    let vcpus = vm.pause;
+    serve_control(listener, pid, Arc::clone(&relay.agent), vcpus, Arc::clone(&status));
+    Ok(Created { session, pid, relay, status, vm_done: vm.done })
+}
+
+/// A process of the container whose stdio, signals and window size this host process relays.
+pub(super) struct Relay {
+    /// Sends requests for verbs and signals, and gets their responses.
+    pub agent: Arc<AgentClient>,
+    /// Where the session's reader hands those responses over.
+    pub responses: mpsc::Sender<Response>,
+    /// The output copiers, done once the process's output is all out.
+    pub outputs: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Relays process `pid`'s stdio through the pty (`Some`: the process has a terminal) or this
+/// process's own stdio, asks to be told of its exit, and forwards the signals this process gets
+/// and the pty's window size.
+pub(super) fn relay(session: &mut Session, uds: &Path, pid: u32, pty: Option<OwnedFd>) -> anyhow::Result<Relay> {
     let stdio = match &pty {
         Some(pty) => HostStdio {
             stdout: Box::new(File::from(dup(pty)?)),
@@ -150,31 +170,32 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
             stdin: Some(Box::new(std::io::stdin())),
         },
     };
-    let outputs = session.attach_stdio(&vm.uds, pid, stdio)?;
+    let outputs = session.attach_stdio(uds, pid, stdio)?;
     // Asked now, so that a process killed before `start` is reported like any other exit.
     session.call_ok(Request::WaitProcess { pid })?;
-
-    tracing::debug!("monitor: stdio attached, waiting for the exit");
     let (responses, answers) = mpsc::channel();
     let agent = Arc::new(AgentClient { sender: session.sender(), answers: Mutex::new(answers) });
-    let status = Arc::new(Mutex::new(Status::Created));
-    serve_control(listener, pid, Arc::clone(&agent), Arc::clone(&status));
     forward_signals(pid, Arc::clone(&agent))?;
     if let Some(pty) = pty {
         forward_window_size(pty, pid, Arc::clone(&agent));
     }
-    Ok(Created { session, pid, agent, status, responses, outputs, vm_done: vm.done })
+    Ok(Relay { agent, responses, outputs })
+}
+
+/// The size a terminal process starts with: the pty's (the caller sets it on its master).
+pub(super) fn terminal_size(pty: Option<&OwnedFd>) -> Option<TerminalSize> {
+    pty.map(|p| crate::tty::size_of(p.as_fd()).unwrap_or(TerminalSize { rows: 24, cols: 80 }))
 }
 
 impl Created {
     /// Relays until the process exits, then powers the VM off; returns the exit code.
     fn serve(mut self) -> u8 {
-        let status = self.session.wait_exit(self.pid, Some(&self.responses));
+        let status = self.session.wait_exit(self.pid, Some(&self.relay.responses));
         set(&self.status, Status::Stopped);
-        for output in self.outputs {
+        for output in self.relay.outputs {
             let _ = output.join();
         }
-        drop(self.agent);
+        drop(self.relay.agent);
         self.session.shutdown();
         let _ = self.vm_done.recv_timeout(Duration::from_secs(10));
         match status {
@@ -189,7 +210,7 @@ impl Created {
 
 /// Requests sent on behalf of verbs and signals, each waiting for its own response: the
 /// session's reader hands responses over in order, and one request is in flight at a time.
-struct AgentClient {
+pub(super) struct AgentClient {
     sender: Sender,
     answers: Mutex<mpsc::Receiver<Response>>,
 }
@@ -224,7 +245,13 @@ fn get(status: &Mutex<Status>) -> Status {
 }
 
 /// Answers the verbs, one connection at a time, for as long as the process lives.
-fn serve_control(listener: UnixListener, pid: u32, agent: Arc<AgentClient>, status: Arc<Mutex<Status>>) {
+fn serve_control(
+    listener: UnixListener,
+    pid: u32,
+    agent: Arc<AgentClient>,
+    vcpus: vmm::PauseHandle,
+    status: Arc<Mutex<Status>>,
+) {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -236,13 +263,25 @@ fn serve_control(listener: UnixListener, pid: u32, agent: Arc<AgentClient>, stat
                     continue;
                 }
             };
-            let answer = answer(&request, pid, &agent, &status);
+            let killed_paused = get(&status) == Status::Paused
+                && matches!(request, ControlRequest::Kill { signal: libc::SIGKILL, .. });
+            let answer = answer(&request, pid, &agent, &vcpus, &status);
             let _ = control::send_line(&conn, &answer);
+            if killed_paused {
+                // The VM goes with this process, and the container's process with the VM.
+                std::process::exit(128 + libc::SIGKILL);
+            }
         }
     });
 }
 
-fn answer(request: &ControlRequest, pid: u32, agent: &AgentClient, status: &Mutex<Status>) -> ControlAnswer {
+fn answer(
+    request: &ControlRequest,
+    pid: u32,
+    agent: &AgentClient,
+    vcpus: &vmm::PauseHandle,
+    status: &Mutex<Status>,
+) -> ControlAnswer {
     let now = get(status);
     let result = match request {
         ControlRequest::Status => return ControlAnswer::Status(now),
@@ -253,13 +292,34 @@ fn answer(request: &ControlRequest, pid: u32, agent: &AgentClient, status: &Mute
         ControlRequest::Start => agent
             .call_ok(Request::StartCreated { pid })
             .map(|()| set(status, Status::Running)),
+        // With its vCPUs parked the agent cannot answer; SIGKILL ends the VM instead (the
+        // container's process dies with it, as a frozen cgroup's do), other signals wait for
+        // `resume`.
+        ControlRequest::Kill { signal, .. } if now == Status::Paused => {
+            if *signal == libc::SIGKILL {
+                set(status, Status::Stopped); // serve_control exits once this is answered
+                Ok(())
+            } else {
+                Err(format!("container is paused: resume it before sending signal {signal}"))
+            }
+        }
         // The container's processes are its process and what it starts, all in its pid
         // namespace in the guest: the agent's signal reaches the first, and --all the same
         // (its children are its to signal, or die with it as PID 1).
         ControlRequest::Kill { signal, .. } => agent.call_ok(Request::Signal { pid, signal: *signal }),
-        ControlRequest::Pause | ControlRequest::Resume => {
-            Err("pause and resume are not supported yet".to_owned())
+        ControlRequest::Pause if now != Status::Running => Err("container not running".to_owned()),
+        ControlRequest::Pause => vcpus
+            .pause(PAUSE_TIMEOUT)
+            .map(|()| set(status, Status::Paused))
+            .map_err(|e| e.to_string()),
+        ControlRequest::Resume if now != Status::Paused => Err("container not paused".to_owned()),
+        ControlRequest::Resume => {
+            vcpus.resume();
+            set(status, Status::Running);
+            Ok(())
         }
+        ControlRequest::Update { .. } if now == Status::Paused => Err("container is paused".to_owned()),
+        ControlRequest::Update { resources } => agent.call_ok(Request::UpdateResources { resources: resources.clone() }),
     };
     match result {
         Ok(()) => ControlAnswer::Ok,

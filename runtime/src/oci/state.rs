@@ -64,19 +64,19 @@ pub struct ContainerDir {
 impl ContainerDir {
     /// The directory of an existing container.
     pub fn open(root: &Path, id: &str) -> Result<Self, StateError> {
-        check_id(id)?;
-        let path = root.join(id);
-        if !path.join(RECORD).is_file() {
-            return Err(StateError::NotFound(id.to_owned()));
-        }
-        Ok(Self { id: id.to_owned(), path })
+        Self::open_with(root, id, |path| path.join(RECORD).is_file())
     }
 
     /// The directory `create` claimed for `id`, whether or not its record is written yet.
     pub fn open_claimed(root: &Path, id: &str) -> Result<Self, StateError> {
+        Self::open_with(root, id, |path| path.join(VM_DIR).is_dir())
+    }
+
+    /// `<root>/<id>` if `present` says it holds what marks it.
+    fn open_with(root: &Path, id: &str, present: impl Fn(&Path) -> bool) -> Result<Self, StateError> {
         check_id(id)?;
         let path = root.join(id);
-        if !path.join(VM_DIR).is_dir() {
+        if !present(&path) {
             return Err(StateError::NotFound(id.to_owned()));
         }
         Ok(Self { id: id.to_owned(), path })

@@ -11,7 +11,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use guest_tests::{suite, Case};
-use test_support::{input, processes_matching, Outcome, TempDir};
+use test_support::{input, processes_matching, KillAfter, Outcome, TempDir};
 
 /// Like conmon: orphans of `create` (the VMM processes) become this process's children.
 fn become_subreaper() {
@@ -114,7 +114,11 @@ impl Oci {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(self.logs.path(&format!("{id}.out"))).unwrap())
             .stderr(std::fs::File::create(self.logs.path(&format!("{id}.err"))).unwrap());
-        let status = c.status().unwrap();
+        let mut child = c.spawn().unwrap();
+        let status = {
+            let _limit = KillAfter::new(child.id(), Duration::from_secs(300), "microvm create");
+            child.wait().unwrap()
+        };
         (status.code(), self.output(id, "err"))
     }
 
@@ -181,6 +185,9 @@ fn create_start_state_delete_follow_the_runc_contract() {
     let again = oci.verb(&["start", "c1"]);
     assert_eq!(again.code, Some(1));
     assert!(again.stderr.contains("container not running"), "{again:?}");
+    let exec = oci.verb(&["exec", "c1", "true"]);
+    assert_eq!(exec.code, Some(1));
+    assert!(exec.stderr.contains("cannot exec in a stopped container"), "{exec:?}");
 
     let out = oci.verb(&["delete", "c1"]);
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -252,5 +259,124 @@ fn twenty_containers_created_and_deleted_leave_nothing() {
         assert_eq!(out.code, Some(0), "{out:?}");
         assert_eq!(wait_for(pid, Duration::from_secs(10)), 128 + libc::SIGKILL);
     }
+    oci.assert_nothing_left();
+}
+
+#[test]
+fn exec_runs_more_processes_inside_the_running_container() {
+    let oci = Oci::new("oci-exec");
+    oci.set_args(&["sh", "-c", "echo made-by-pid-1 > /tmp/mark; exec sleep 1000"]);
+    assert_eq!(oci.create("box").0, Some(0));
+    let vmm = oci.pid("box");
+    assert_eq!(oci.verb(&["start", "box"]).code, Some(0));
+
+    // In the foreground: the verb relays the process's output and exits with its status. The
+    // process sees the container's files, its PID namespace (PID 1 is the container's sleep)
+    // and its hostname.
+    let mut seen = None;
+    for _ in 0..50 {
+        let out = oci.verb(&["exec", "box", "cat", "/tmp/mark"]);
+        if out.code == Some(0) {
+            seen = Some(out.stdout);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen.as_deref(), Some("made-by-pid-1\n"));
+    let out = oci.verb(&["exec", "box", "sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; hostname; echo oops >&2; exit 5"]);
+    assert_eq!(out.code, Some(5), "{out:?}");
+    assert_eq!(out.stdout, "sleep 1000 microvm\n");
+    assert_eq!(out.stderr, "oops\n");
+    let missing = oci.verb(&["exec", "box", "no-such-command"]);
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert!(missing.stderr.contains("executable file not found"), "{missing:?}");
+
+    // Detached, as conmon asks: the pid file names a stand-in that this subreaper adopts and
+    // that exits with the process's status; its output went where the verb's stdout did.
+    let pid_file = oci.logs.path("exec.pid");
+    let out_file = oci.logs.path("exec.out");
+    let mut c = oci.command();
+    c.args(["exec", "--detach", "--pid-file"])
+        .arg(&pid_file)
+        .args(["box", "sh", "-c", "sleep 1; echo detached; exit 3"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::piped());
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stand_in: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert_ne!(stand_in, vmm);
+    assert_eq!(wait_for(stand_in, Duration::from_secs(60)), 3);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "detached\n");
+    assert_eq!(oci.state("box").0, "running", "an exec's end is not the container's");
+
+    let out = oci.verb(&["delete", "--force", "box"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(wait_for(vmm, Duration::from_secs(10)), 128 + libc::SIGKILL);
+    let late = oci.verb(&["exec", "box", "true"]);
+    assert_eq!(late.code, Some(1));
+    assert!(late.stderr.contains("does not exist"), "{late:?}");
+    oci.assert_nothing_left();
+}
+
+/// Polls `check` every 100 ms for up to `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+#[test]
+fn pause_parks_the_vm_resume_wakes_it_and_update_sets_the_guest_cgroup() {
+    let oci = Oci::new("oci-pause");
+    oci.set_args(&["sh", "-c", "while :; do echo tick; sleep 0.2; done"]);
+    assert_eq!(oci.create("p").0, Some(0));
+    let vmm = oci.pid("p");
+    assert_eq!(oci.verb(&["start", "p"]).code, Some(0));
+    let ticks = || oci.output("p", "out").len();
+    assert!(eventually(Duration::from_secs(30), || ticks() > 0), "the container never printed");
+
+    let out = oci.verb(&["pause", "p"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(oci.state("p"), ("paused".into(), i64::from(vmm)));
+    // What was in flight when the vCPUs stopped arrives; then nothing, for as long as it lasts.
+    std::thread::sleep(Duration::from_secs(1));
+    let frozen = ticks();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ticks(), frozen, "the guest ran while paused");
+    let exec = oci.verb(&["exec", "p", "true"]);
+    assert!(exec.code == Some(1) && exec.stderr.contains("paused"), "{exec:?}");
+    let term = oci.verb(&["kill", "p", "TERM"]);
+    assert!(term.code == Some(1) && term.stderr.contains("paused"), "{term:?}");
+    assert_eq!(oci.verb(&["pause", "p"]).code, Some(1), "paused twice");
+
+    let out = oci.verb(&["resume", "p"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(oci.state("p").0, "running");
+    assert!(eventually(Duration::from_secs(30), || ticks() > frozen), "no output after resume");
+    assert_eq!(oci.verb(&["resume", "p"]).code, Some(1), "resumed while running");
+
+    // update: the limits land in the container's cgroup in the guest.
+    let cgroup = |file: &str| oci.verb(&["exec", "p", "cat", &format!("/sys/fs/cgroup/{file}")]).stdout;
+    let out = oci.verb(&["update", "--pids-limit", "42", "--memory", "67108864", "p"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(cgroup("pids.max"), "42\n");
+    assert_eq!(cgroup("memory.max"), "67108864\n");
+    let resources = oci.logs.path("resources.json");
+    std::fs::write(&resources, r#"{"pids": {"limit": 50}}"#).unwrap();
+    let out = oci.verb(&["update", "--resources", resources.to_str().unwrap(), "p"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(cgroup("pids.max"), "50\n");
+
+    // A paused container still dies by SIGKILL, with the status of a killed process.
+    assert_eq!(oci.verb(&["pause", "p"]).code, Some(0));
+    assert_eq!(oci.verb(&["kill", "p", "KILL"]).code, Some(0));
+    assert_eq!(wait_for(vmm, Duration::from_secs(10)), 128 + libc::SIGKILL);
+    assert_eq!(oci.verb(&["delete", "p"]).code, Some(0));
     oci.assert_nothing_left();
 }

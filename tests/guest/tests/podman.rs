@@ -7,10 +7,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use guest_tests::{suite, Case};
-use test_support::{input, processes_matching, Outcome, TempDir};
+use test_support::{input, processes_matching, run_in_pty, KillAfter, Outcome, TempDir};
 
 /// A podman of its own: vfs storage and state in scratch directories, cgroupfs (L1 runs no
 /// systemd), events to a file, and microvm through a wrapper that sets its environment.
@@ -69,7 +70,18 @@ impl Podman {
     }
 
     fn run(&self, args: &[&str]) -> Outcome {
-        let out = Command::new("podman").args(&self.base).args(args).output().unwrap();
+        let child = Command::new("podman")
+            .args(&self.base)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = {
+            let _limit = KillAfter::new(child.id(), Duration::from_secs(300), &format!("podman {}", args.join(" ")));
+            child.wait_with_output().unwrap()
+        };
         Outcome {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -109,6 +121,9 @@ fn podman_runs_containers_in_microvms() {
     assert_eq!(ps.stdout.trim(), id, "{ps:?}");
     let logs = podman.run(&["logs", &id]);
     assert_eq!(logs.stdout, "started\n", "{logs:?}");
+    // A second process in the same container sees its PID 1 (busybox sh execed the sleep).
+    let exec = podman.run(&["exec", &id, "sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; exit 4"]);
+    assert_eq!((exec.code, exec.stdout.as_str()), (Some(4), "sleep 1000 "), "{exec:?}");
     // PID 1 of the container has no SIGTERM handler: stop falls back to SIGKILL.
     let stop = podman.run(&["stop", "-t", "2", &id]);
     assert_eq!(stop.code, Some(0), "{stop:?}");
@@ -116,5 +131,24 @@ fn podman_runs_containers_in_microvms() {
     assert_eq!(code.stdout.trim(), "137", "{code:?}");
     let rm = podman.run(&["rm", &id]);
     assert_eq!(rm.code, Some(0), "{rm:?}");
+    podman.assert_nothing_left();
+}
+
+#[test]
+fn podman_run_it_gives_the_container_the_terminal() {
+    let case = Case::new("podman-tty");
+    let podman = Podman::new(&case);
+    let mut command = Command::new("podman");
+    command
+        .args(&podman.base)
+        .args(["run", "-it", "--rm", "--network", "none", "localhost/busybox"])
+        // The size reaches the guest after the process starts (conmon sets it on the pty,
+        // the VMM process passes it on): wait until it has.
+        .args(["sh", "-c", "while [ \"$(stty size)\" != '31 101' ]; do sleep 0.1; done; tty; echo size $(stty size); exit 3"])
+        .env("TERM", "xterm");
+    let (code, screen) = run_in_pty(command, 31, 101);
+    assert_eq!(code, Some(3), "{screen}");
+    assert!(screen.contains("/dev/pts/0"), "{screen}");
+    assert!(screen.contains("size 31 101"), "{screen}");
     podman.assert_nothing_left();
 }

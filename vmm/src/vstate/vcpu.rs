@@ -3,7 +3,8 @@
 //! Each vCPU runs in its own thread. The main thread kicks them with [`KICK_SIGNAL`] at a
 //! steady pace; a kicked vCPU that finds itself halted with interrupts disabled (or never
 //! started) records that it can never run again, and when all have, the guest is powered off:
-//! without ACPI that is how Linux ends `poweroff` and `halt`.
+//! without ACPI that is how Linux ends `poweroff` and `halt`. Between two KVM_RUNs a vCPU
+//! parks while the VM is paused (see [`super::pause`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,6 +22,7 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::mmio_bus::MmioBus;
 use crate::devices::LegacyDevices;
 use crate::exit::{ExitState, VmExit};
+use crate::vstate::pause::PauseState;
 
 /// The real-time signal used to kick vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -45,6 +47,7 @@ pub struct VcpuShared {
     pub start: Instant,
     /// When the boot vCPU first entered the guest, from VMM start.
     pub first_run: OnceLock<Duration>,
+    pub pause: Arc<PauseState>,
 }
 
 pub struct Vcpu {
@@ -75,7 +78,7 @@ impl Vcpu {
         regs::setup_fpu(&self.fd).map_err(regs_err)
     }
 
-    /// Runs until the VM has an exit reason.
+    /// Runs until the VM has an exit reason, parking while the VM is paused.
     pub fn run(mut self, shared: Arc<VcpuShared>) {
         if let Err(error) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
             shared.exits.set(VmExit::VcpuFailure(format!("vCPU {}: {error}", self.index)));
@@ -84,7 +87,17 @@ impl Vcpu {
         if self.index == 0 {
             let _ = shared.first_run.set(shared.start.elapsed());
         }
-        while !shared.exits.is_set() {
+        loop {
+            let parked = shared.pause.park();
+            if shared.exits.is_set() {
+                break;
+            }
+            if parked {
+                // Tells a Linux guest that its clock jumped because we paused it, not because
+                // it locked up (no soft-lockup or RCU-stall reports). Fails with EINVAL unless
+                // the guest uses kvmclock, which is fine.
+                let _ = self.fd.kvmclock_ctrl();
+            }
             if let Some(exit) = self.run_once(&shared) {
                 shared.exits.set(exit);
             }
