@@ -92,10 +92,7 @@ fn setup(
     terminal: Option<TerminalSize>,
     channel: &mut Channel,
 ) -> Result<Infallible, Failure> {
-    let process = spec
-        .process()
-        .clone()
-        .ok_or_else(|| Failure::new("read the spec", "it has no process").invalid())?;
+    let process = spec_process(spec)?;
     let command = Command::new(&process)?;
     cgroup::setup(spec)?;
     let flags = namespace_flags(spec)?;
@@ -112,17 +109,15 @@ fn join(
     terminal: Option<TerminalSize>,
     channel: &mut Channel,
 ) -> Result<Infallible, Failure> {
-    let process = spec
-        .process()
-        .clone()
-        .ok_or_else(|| Failure::new("read the spec", "it has no process").invalid())?;
+    let process = spec_process(spec)?;
     let command = Command::new(&process)?;
     cgroup::join_of(target)?;
     // Every namespace is opened before the first is joined: inside the container's mount
     // namespace /proc is the container's, where `target` has another number.
+    let flags = namespace_flags(spec)?;
     let mut namespaces = Vec::new();
     for (flag, name) in NAMESPACE_FILES {
-        if namespace_flags(spec)?.contains(flag) {
+        if flags.contains(flag) {
             let path = format!("/proc/{target}/ns/{name}");
             let file = std::fs::File::open(&path).at(|| format!("open {path}"))?;
             namespaces.push((file, flag, name));
@@ -136,6 +131,13 @@ fn join(
     fork_and_report(channel)?;
     let linux = spec.linux().clone().unwrap_or_default();
     launch(&linux, &process, &command, false, terminal, channel)
+}
+
+/// The spec's process: a spec without one is the request's fault.
+fn spec_process(spec: &Spec) -> Result<Process, Failure> {
+    spec.process()
+        .clone()
+        .ok_or_else(|| Failure::new("read the spec", "it has no process").invalid())
 }
 
 /// The namespaces an exec joins, by their file in /proc/PID/ns; the mount namespace last.
