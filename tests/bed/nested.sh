@@ -15,8 +15,9 @@
 #   --verbose         show L1's boot console too (slower: each byte is emulated)
 #   --console-errors  show L1's console at kernel log level error and worse only (an
 #                     oops or panic of L1 reaches the output; little else does)
-#   --timeout SECONDS stop L1 if COMMAND has not ended by then (exit 125, "L1 died"):
-#                     L1 has been seen to hang for good, with no message, under load
+#   --timeout SECONDS stop L1 if COMMAND has not ended by then, or sooner if L1 has
+#                     frozen (exit 125, "L1 died"): L1 has been seen to hang for good,
+#                     with no message, under load
 #
 # COMMAND runs as root in L1 with cwd = the repo root, under bash, with these
 # variables from the caller: PATH HOME USER LOGNAME TERM TZ LANG LANGUAGE LC_*
@@ -38,7 +39,7 @@ repo=$(cd "$here/../.." && pwd)
 source "$here/lib.sh"
 
 die() { echo "nested.sh: $*" >&2; exit 125; }
-usage() { sed -n "2,25s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
+usage() { sed -n "2,33s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
 
 cpus=2 memory=4G verbose='' timing='' repo_rw=1 errors_only= limit=
 rwdirs=() extra_env=()
@@ -179,14 +180,23 @@ PATH="$(dirname "$vng"):$PATH" setsid "$vng" "${vng_args[@]}" -- "exec /bin/bash
 vpid=$!
 if [[ -n $limit ]]; then
 	# The watchdog stops the whole group; then the status file is missing and L1 "died".
-	# Its sleep holds none of our output (a pipe reader would wait for it), and stopping the
-	# watchdog stops its sleep.
+	# It stops L1 when COMMAND has run for $limit s, or sooner when L1 has frozen: L1's
+	# process snapshot (rewritten every 30 s) has not changed for $frozen s. Its sleeps hold
+	# none of our output (a pipe reader would wait for them), and stopping it stops them.
+	frozen=300
 	(
 		trap 'kill "$sp" 2>/dev/null; exit 0' TERM
-		sleep "$limit" </dev/null >/dev/null 2>&1 &
-		sp=$!
-		wait "$sp"
-		echo "nested.sh: COMMAND still running after $limit s: stopping L1" >&2
+		end=$((SECONDS + limit))
+		while ((SECONDS < end)); do
+			sleep 10 </dev/null >/dev/null 2>&1 &
+			sp=$!
+			wait "$sp"
+			if [[ -f $share/ps ]] && (($(date +%s) - $(stat -c %Y "$share/ps") > frozen)); then
+				echo "nested.sh: L1 has not run its 30 s process snapshot for over $frozen s (frozen): stopping L1" >&2
+				break
+			fi
+		done
+		((SECONDS < end)) || echo "nested.sh: COMMAND still running after $limit s: stopping L1" >&2
 		: >"$tmp/timed-out"
 		kill -TERM -- "-$vpid" 2>/dev/null
 	) </dev/null &
