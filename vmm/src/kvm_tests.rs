@@ -7,6 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use test_support::tiny::elf;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::{Console, VmConfig};
@@ -17,8 +18,6 @@ use crate::{PauseError, PauseHandle, RunReport, Vmm};
 /// Where the guest counts, and where the test tells it to stop (free RAM below 1 MiB).
 const COUNTER: u32 = 0x5_0000;
 const STOP: u32 = 0x5_1000;
-/// Where the ELF's code is loaded and entered (1 MiB).
-const LOAD_ADDR: u64 = 0x10_0000;
 /// A bound on every wait for the guest: failing, not hanging, when it stalls.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -32,39 +31,6 @@ fn counting_guest() -> Vec<u8> {
     code.extend_from_slice(&[0x00, 0x74, 0xef]); // imm8 0; je -17, back to the inc
     code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
     code
-}
-
-/// An ELF64 executable with one PT_LOAD segment holding `code` at [`LOAD_ADDR`] (as
-/// tests/support's `tiny::elf`, which this crate does not depend on).
-fn elf(code: &[u8]) -> Vec<u8> {
-    const EHDR: u64 = 64;
-    const PHDR: u64 = 56;
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF");
-    f.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little-endian, version 1, System V
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
-    f.extend_from_slice(&EHDR.to_le_bytes()); // e_phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
-    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
-    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
-    f.extend_from_slice(&[0; 4]); // e_shnum, e_shstrndx
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    f.extend_from_slice(&(EHDR + PHDR).to_le_bytes()); // p_offset
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
-    f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    f.extend_from_slice(code);
-    f
 }
 
 /// Runs this test again in a child process with `MICROVM_TEST_CHILD` set: seccomp's mode is

@@ -10,13 +10,14 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use oci_spec::runtime::Spec;
 use protocol::{Request, Response, StartProcess, TerminalSize};
+use signal_hook::iterator::Signals;
 
 use crate::launch_checks::{self, Policy};
 use crate::sandbox::SandboxDir;
@@ -132,6 +133,10 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
+    // From the sandbox directory on, a SIGINT or SIGTERM must not take the default action,
+    // which would leave the directory behind: until the process runs it ends the run (see
+    // forward_signals).
+    let signals = Signals::new(relayed_signals(tty)).context("install signal handlers")?;
     let sandbox = Arc::new(SandboxDir::create(args.name.as_deref())?);
     let vm = crate::vm::boot(
         &VmSpec {
@@ -148,6 +153,8 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         start,
     )?;
     let (uds, vm_done) = (vm.uds, vm.done);
+    let target = Arc::new(OnceLock::new());
+    forward_signals(signals, target.clone(), Arc::downgrade(&sandbox))?;
 
     let mut session = Session::connect(&uds, &vm_done)?;
     let agent_ready = start.elapsed();
@@ -187,7 +194,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     } else {
         None
     };
-    forward_signals(session.sender(), pid, tty, Arc::downgrade(&sandbox))?;
+    let _ = target.set((session.sender(), pid));
     session.call_ok(Request::WaitProcess { pid })?;
     let status = session.wait_exit(pid, None)?;
     let process_exit = start.elapsed();
@@ -293,47 +300,65 @@ fn default_env(user: &[String], tty: bool) -> Vec<String> {
     env
 }
 
-/// Relays SIGINT, SIGTERM, SIGHUP, SIGQUIT (and SIGWINCH with a terminal) to the process.
-/// A second SIGINT or SIGTERM within [`FORCE_WINDOW`] ends the VM at once.
-fn forward_signals(
-sender: Sender,
-pid: u32,
-tty: bool,
-sandbox: std::sync::Weak<SandboxDir>,
-) -> anyhow::Result<()> {
+/// SIGINT, SIGTERM, SIGHUP, SIGQUIT, and SIGWINCH with a terminal.
+fn relayed_signals(tty: bool) -> Vec<i32> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
     let mut wanted = vec![SIGINT, SIGTERM, SIGHUP, SIGQUIT];
     if tty {
         wanted.push(SIGWINCH);
     }
-    let mut signals =
-        signal_hook::iterator::Signals::new(&wanted).context("install signal handlers")?;
-    std::thread::spawn(move || {
-        let mut last: Option<Instant> = None;
-        for signal in signals.forever() {
-            let request = if signal == SIGWINCH {
-                Request::ResizeTerminal {
-                    pid,
-                    size: host_terminal_size(),
-                }
-            } else {
-                let urgent = signal == SIGINT || signal == SIGTERM;
-                if urgent && last.is_some_and(|t| t.elapsed() < FORCE_WINDOW) {
-                    eprintln!("microvm: second signal, killing the VM");
-                    crate::tty::restore();
-                    if let Some(sandbox) = sandbox.upgrade() {
-                        sandbox.remove();
-                    }
-                    std::process::exit(128 + signal);
-                }
-                if urgent {
-                    last = Some(Instant::now());
-                }
-                Request::Signal { pid, signal }
-            };
-            sender.send(request);
+    wanted
+}
+
+/// Relays `signals` to the process once `target` names it. Before that (the VM is still
+/// booting, or the agent has not started the process) any of them but SIGWINCH ends the run,
+/// sandbox removed, with 128 + the signal. Once the process runs, a second SIGINT or SIGTERM
+/// within [`FORCE_WINDOW`] ends the VM at once.
+fn forward_signals(
+    mut signals: Signals,
+    target: Arc<OnceLock<(Sender, u32)>>,
+    sandbox: std::sync::Weak<SandboxDir>,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGWINCH};
+    let stop = move |signal: i32, why: &str| -> ! {
+        eprintln!("microvm: {why}");
+        crate::tty::restore();
+        if let Some(sandbox) = sandbox.upgrade() {
+            sandbox.remove();
         }
-    });
+        std::process::exit(128 + signal);
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut last: Option<Instant> = None;
+            for signal in signals.forever() {
+                let Some((sender, pid)) = target.get() else {
+                    if signal != SIGWINCH {
+                        stop(signal, &format!("signal {signal} before the process started: stopping the VM"));
+                    }
+                    continue;
+                };
+                let (sender, pid) = (sender, *pid);
+                let request = if signal == SIGWINCH {
+                    Request::ResizeTerminal {
+                        pid,
+                        size: host_terminal_size(),
+                    }
+                } else {
+                    let urgent = signal == SIGINT || signal == SIGTERM;
+                    if urgent && last.is_some_and(|t| t.elapsed() < FORCE_WINDOW) {
+                        stop(signal, "second signal, killing the VM");
+                    }
+                    if urgent {
+                        last = Some(Instant::now());
+                    }
+                    Request::Signal { pid, signal }
+                };
+                sender.send(request);
+            }
+        })
+        .context("start the signal thread")?;
     Ok(())
 }
 

@@ -288,3 +288,32 @@ fn stdout_carries_64_mib_under_the_vmms_seccomp_filters() {
     assert!(out.stdout.bytes().all(|b| b == 0));
     case.assert_nothing_left();
 }
+
+#[test]
+fn sigterm_while_the_vm_boots_ends_the_run_and_leaves_nothing() {
+    let case = Case::new("early-term");
+    let child = case
+        .command("rootfs-busybox", &[], &["sleep", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _limit = KillAfter::new(child.id(), LIMIT, "microvm run");
+    // The sandbox directory appears once run handles its signals, a whole guest boot before
+    // the agent can start the process.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while std::fs::read_dir(&case.runtime.0).map_or(0, Iterator::count) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no sandbox directory appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("signal 15 before the process started"), "{stderr}");
+    case.assert_nothing_left();
+}
