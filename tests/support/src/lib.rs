@@ -79,8 +79,9 @@ impl Microvm {
                 break status;
             }
             if Instant::now() > deadline {
+                let report = thread_report(child.id());
                 drop(guard);
-                panic!("microvm did not finish within {:?}", self.timeout);
+                panic!("microvm did not finish within {:?}; its threads, and its children's, were at:\n{report}", self.timeout);
             }
             std::thread::sleep(Duration::from_millis(5));
         };
@@ -107,7 +108,10 @@ impl KillAfter {
         let what = what.to_owned();
         let timer = std::thread::spawn(move || {
             if armed.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                eprintln!("test-support: {what} (pid {pid}) still running after {limit:?}: killed");
+                eprintln!(
+                    "test-support: {what} (pid {pid}) still running after {limit:?}: killed; its threads, and its children's, were at:\n{}",
+                    thread_report(pid)
+                );
                 let pid = i32::try_from(pid).expect("pid fits in pid_t");
                 // SAFETY: kill takes plain integers; the pid is our unreaped child, so it
                 // cannot have been reused.
@@ -125,6 +129,48 @@ impl Drop for KillAfter {
             let _ = t.join();
         }
     }
+}
+
+/// Each thread of `pid` and of its descendants: name, wait channel, kernel stack (readable
+/// as root), so that a hung run says where it hung.
+pub fn thread_report(pid: u32) -> String {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        pids.extend(children_of(pids[i]));
+        i += 1;
+    }
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::new();
+    for p in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        out += &format!("pid {p}: {}\n", read(format!("/proc/{p}/cmdline")).replace('\0', " "));
+        for task in tasks.flatten() {
+            let t = task.path().display().to_string();
+            out += &format!(
+                "  {} {} {}\n",
+                read(format!("{t}/comm")).trim(),
+                read(format!("{t}/wchan")).trim(),
+                read(format!("{t}/stack")).trim().replace('\n', " < ")
+            );
+        }
+    }
+    out
+}
+
+/// Process ids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // The parent is the 2nd field after the parenthesised command name.
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| rest.split(' ').nth(1).and_then(|f| f.parse::<u32>().ok()))
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// Kills and reaps the child if the test stops caring about it.
@@ -215,4 +261,25 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
                 .unwrap_or(false)
         })
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    #[test]
+    fn thread_report_names_the_children() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30; :"]).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let report = loop {
+            let r = super::thread_report(child.id());
+            if r.contains("sleep 30 ") || std::time::Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(report.contains(&format!("pid {}: sh -c", child.id())), "{report}");
+        assert!(report.contains("sleep 30 "), "{report}");
+    }
 }
