@@ -15,6 +15,9 @@ use protocol::{Event, ExitStatusWire, Message, Request, Response, Stream, Stream
 /// How long the agent may take to answer on vsock after the VM starts.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long the guest may take to accept or refuse one vsock connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where the process's stdio goes on the host.
 pub struct HostStdio {
     /// Its stdout, or its terminal's output.
@@ -77,16 +80,15 @@ impl Session {
     pub fn attach(uds: &Path) -> anyhow::Result<Self> {
         let stream = vsock_connect(uds, protocol::AGENT_CONTROL_PORT)
             .with_context(|| format!("connect to the agent through {}", uds.display()))?;
+        Self::handshake(stream)
+    }
+
+    /// Shakes hands within [`AGENT_TIMEOUT`] (an agent that stops answering must not hold
+    /// us); what follows waits as long as the process runs.
+    fn handshake(stream: UnixStream) -> anyhow::Result<Self> {
         stream
             .set_read_timeout(Some(AGENT_TIMEOUT))
             .context("vsock control connection")?;
-        let session = Self::handshake(stream)?;
-        // The handshake is bounded; what follows waits as long as the process runs.
-        session.reader.set_read_timeout(None).context("vsock control connection")?;
-        Ok(session)
-    }
-
-    fn handshake(stream: UnixStream) -> anyhow::Result<Self> {
         let writer = stream.try_clone().context("vsock control connection")?;
         let mut reader = stream;
         let mut both = ReadWrite {
@@ -95,6 +97,7 @@ impl Session {
         };
         protocol::host_handshake(&mut both, env!("CARGO_PKG_VERSION"))
             .context("agent handshake")?;
+        reader.set_read_timeout(None).context("vsock control connection")?;
         Ok(Self {
             reader,
             writer: Arc::new(Mutex::new(writer)),
@@ -201,6 +204,9 @@ impl Session {
 /// `CONNECT <port>\n`, answered `OK <host port>\n`).
 pub fn vsock_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
     let mut s = UnixStream::connect(uds)?;
+    // The VMM answers once the guest accepts or refuses; a guest that does neither must not
+    // hold us (a timeout reads as WouldBlock, and the caller's retry or error follows).
+    s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;
     // Byte by byte, so nothing after the line is consumed; the answer is at most 32 bytes.
     let mut line = Vec::with_capacity(32);
@@ -223,6 +229,7 @@ pub fn vsock_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
             String::from_utf8_lossy(&line)
         )));
     }
+    s.set_read_timeout(None)?;
     Ok(s)
 }
 
