@@ -339,7 +339,7 @@ fn forward_signals(
                     }
                     continue;
                 };
-                let (sender, pid) = (sender, *pid);
+                let pid = *pid;
                 let request = if signal == SIGWINCH {
                     Request::ResizeTerminal {
                         pid,

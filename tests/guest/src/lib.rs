@@ -101,11 +101,7 @@ impl Case {
                 .args(cmd)
                 .run()
         };
-        let out = once();
-        if out.code == Some(125) && retry_after_emulator_boot_fault(&out.stderr) {
-            return once();
-        }
-        out
+        retry_once_after_emulator_boot_fault(125, once, |o| (o.code, &o.stderr))
     }
 
     /// Nothing of a finished run stays: no sandbox directory, no VMM process.
@@ -131,16 +127,26 @@ impl Case {
 /// Such a boot is tried once more, and only there: on hardware KVM a triple fault is a failure
 /// like any other.
 ///
-/// True when `stderr` (of a `microvm` command that failed) tells of such a fault in the nested
-/// bed; the retry is then announced on stderr, past libtest's capture, where tests/run.sh
-/// counts it.
-pub fn retry_after_emulator_boot_fault(stderr: &str) -> bool {
-    let fault = std::env::var("MICROVM_BED").as_deref() == Ok("nested")
-        && (stderr.contains("the VM stopped before its agent answered: guest triple fault")
-            || stderr.contains("microvm: guest triple fault: rip=0xfff0 "));
-    if fault {
+/// Runs `once`, and once more when it failed with `code` and a stderr (both read through
+/// `view`) that tells of such a fault in the nested bed; the retry is announced on stderr,
+/// past libtest's capture, where tests/run.sh counts it.
+pub fn retry_once_after_emulator_boot_fault<T>(
+    code: i32,
+    once: impl Fn() -> T,
+    view: impl Fn(&T) -> (Option<i32>, &str),
+) -> T {
+    let out = once();
+    let (got, stderr) = view(&out);
+    if got == Some(code) && emulator_boot_fault(stderr) {
         let line = format!("microvm-test-retry: {}\n", stderr.trim());
         let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        return once();
     }
-    fault
+    out
+}
+
+fn emulator_boot_fault(stderr: &str) -> bool {
+    std::env::var("MICROVM_BED").as_deref() == Ok("nested")
+        && (stderr.contains("the VM stopped before its agent answered: guest triple fault")
+            || stderr.contains("microvm: guest triple fault: rip=0xfff0 "))
 }

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use guest_tests::retry_after_emulator_boot_fault;
+use guest_tests::retry_once_after_emulator_boot_fault;
 use test_support::tiny::{elf, INT3};
 use test_support::{input, Microvm, Outcome, TempDir};
 
@@ -24,7 +24,7 @@ fn kernel(name: &str) -> PathBuf {
 }
 
 /// `microvm boot` of the smoke initramfs. A boot the nested bed's emulator broke is tried
-/// once more (see `retry_after_emulator_boot_fault`).
+/// once more (see `retry_once_after_emulator_boot_fault`).
 fn boot(kernel_file: &str, extra: &[&str]) -> Outcome {
     require_real_kvm();
     let once = || {
@@ -36,11 +36,7 @@ fn boot(kernel_file: &str, extra: &[&str]) -> Outcome {
             .args(extra)
             .run()
     };
-    let out = once();
-    if out.code == Some(1) && retry_after_emulator_boot_fault(&out.stderr) {
-        return once();
-    }
-    out
+    retry_once_after_emulator_boot_fault(1, once, |o| (o.code, &o.stderr))
 }
 
 fn assert_smoke_ran(out: &Outcome, cpus: u32) {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use guest_tests::{retry_after_emulator_boot_fault, suite, Case};
+use guest_tests::{retry_once_after_emulator_boot_fault, suite, Case};
 use test_support::{input, processes_matching, KillAfter, Outcome, TempDir};
 
 /// Like conmon: orphans of `create` (the VMM processes) become this process's children.
@@ -106,11 +106,7 @@ impl Oci {
     /// process keeps create's stdio, so pipes would stay open). Returns create's exit code and
     /// its stderr. A boot the nested bed's emulator broke is tried once more.
     fn create(&self, id: &str) -> (Option<i32>, String) {
-        let (code, err) = self.create_once(id);
-        if code == Some(1) && retry_after_emulator_boot_fault(&err) {
-            return self.create_once(id);
-        }
-        (code, err)
+        retry_once_after_emulator_boot_fault(1, || self.create_once(id), |(code, err)| (*code, err))
     }
 
     fn create_once(&self, id: &str) -> (Option<i32>, String) {

@@ -158,10 +158,16 @@ pub fn thread_report(pid: u32) -> String {
     out
 }
 
+/// Every process id in /proc.
+fn all_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
+}
+
 /// Process ids whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    all_pids()
+        .into_iter()
         .filter(|p| {
             // The parent is the 2nd field after the parenthesised command name.
             std::fs::read_to_string(format!("/proc/{p}/stat"))
@@ -253,8 +259,8 @@ pub fn input(var: &str) -> PathBuf {
 
 /// Process ids of running processes whose command line contains `needle`.
 pub fn processes_matching(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    all_pids()
+        .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains(needle))
