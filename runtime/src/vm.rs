@@ -46,6 +46,8 @@ pub struct RunningVm {
     pub done: mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
     /// Parks and wakes the vCPUs (OCI `pause` and `resume`).
     pub pause: vmm::PauseHandle,
+    /// The guest-state report (SIGUSR2, the monitor's `debug` request).
+    pub dump: vmm::DumpHandle,
 }
 
 /// Checks the inputs, packs the rootfs, boots the VM and enters the jail.
@@ -118,6 +120,7 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     std::env::set_current_dir(&dir).with_context(|| format!("{}", dir.display()))?;
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Runtime)?;
     let pause = vmm.pause_handle();
+    let dump = vmm.dump_handle();
     let (done_tx, done) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm".into())
@@ -125,7 +128,43 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
             let _ = done_tx.send(vmm.run());
         })
         .context("start the VMM thread")?;
-    Ok(RunningVm { uds, done, pause })
+    Ok(RunningVm { uds, done, pause, dump })
+}
+
+/// How long a guest-state report waits for the vCPUs to leave the guest.
+pub const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the guest-state report to stderr at each signal of `signals` (SIGUSR2 alone, for
+/// `run` and `boot`); the VM runs on. The thread runs under its parent's seccomp filter plus
+/// `confine`'s (`boot` starts it before its main thread is confined). `crlf`: a raw terminal.
+pub fn report_guest_state(
+    mut signals: signal_hook::iterator::Signals,
+    dump: vmm::DumpHandle,
+    confine: Option<vmm::seccomp::ThreadKind>,
+    crlf: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (installed_tx, installed) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("guest-state".into())
+        .spawn(move || {
+            let result = confine.map_or(Ok(()), vmm::seccomp::install);
+            let confined = result.is_ok();
+            let _ = installed_tx.send(result);
+            if !confined {
+                return;
+            }
+            for _ in signals.forever() {
+                let mut text = format!("microvm: guest state (SIGUSR2):\n{}", dump.dump(DUMP_TIMEOUT));
+                if crlf {
+                    text = text.replace('\n', "\r\n");
+                }
+                let _ = std::io::stderr().lock().write_all(text.as_bytes());
+            }
+        })
+        .context("start the guest-state thread")?;
+    installed.recv().context("the guest-state thread ended")??;
+    Ok(())
 }
 
 /// The agent binary: `--agent`, `$MICROVM_AGENT`, `microvm-agent` beside this binary, or the

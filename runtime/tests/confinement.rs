@@ -155,16 +155,17 @@ fn the_jailed_vmm_sees_only_its_own_files_fds_and_no_environment() {
     let sandbox_parent = runtime.strip_prefix("/").unwrap();
     assert!(seen.iter().all(|p| sandbox_parent.starts_with(p) || p.starts_with(sandbox_parent)), "{seen:?}");
     assert!(seen.len() <= sandbox_parent.components().count() + 1, "{seen:?}");
-    // stdio, the console, and KVM's own descriptors; not the caller's fd 9.
+    // stdio, the console, KVM's own descriptors and the SIGUSR2 handler's socket pair; not
+    // the caller's fd 9.
     for fd in &fds {
         let target = fd.split(" -> ").nth(1).unwrap();
-        let expected = ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:", "anon_inode:[eventfd]", "/dev/null", "pipe:"];
+        let expected = ["anon_inode:kvm-vm", "anon_inode:kvm-vcpu:", "anon_inode:[eventfd]", "/dev/null", "pipe:", "socket:["];
         assert!(
             expected.iter().any(|e| target.starts_with(e)) || target == console.to_str().unwrap(),
             "unexpected descriptor {fd}: {fds:?}"
         );
     }
-    assert!(!fds.iter().any(|fd| fd.starts_with("9 ")), "{fds:?}");
+    assert!(!fds.iter().any(|fd| fd.ends_with("/stray")), "the caller's fd 9: {fds:?}");
     // Empty, or (without CAP_SYS_RESOURCE to shrink it) blanked.
     assert!(environ.iter().all(|b| *b == 0), "environment: {:?}", String::from_utf8_lossy(&environ));
     assert!(std::fs::read_dir(&runtime).map(|d| d.count() == 0).unwrap_or(true), "sandbox directory left behind");

@@ -142,3 +142,96 @@ fn hostile_virtio_chains_are_rejected_and_the_vmm_keeps_running() {
     assert!(out.stderr.contains("microvm: guest rebooted;"), "the guest ran on after both: {out:?}");
     assert_eq!(std::fs::read(&disk).unwrap(), vec![0u8; 4096], "nothing written to the disk");
 }
+
+/// The silent-guest diagnosis: SIGUSR2 makes a running `microvm boot` (confined as in
+/// production) write every vCPU's state and the console's end to stderr, and it runs on.
+#[test]
+fn sigusr2_reports_the_guest_state_and_the_vm_runs_on() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    const MARKER: &[u8] = b"tiny guest: spinning now\n";
+    // After the marker: `spin: inc rax; pause; jmp spin`, a guest that never exits to the VMM.
+    let print = serial_print(MARKER);
+    let spin = [0x48, 0xff, 0xc0, 0xf3, 0x90, 0xeb, 0xf9];
+    let spin_start = tiny::LOAD_ADDR + print.len() as u64;
+    let spin_end = spin_start + spin.len() as u64;
+    let dir = TempDir::new("sigusr2");
+    let kernel = dir.path("spin.elf");
+    std::fs::write(&kernel, elf(&program(&[&print, &spin]))).unwrap();
+
+    // The console goes nowhere: the report's tail is the VMM's own copy.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm"))
+        .args(["boot", "--cpus", "2", "--console", "/dev/null", "--kernel"])
+        .arg(&kernel)
+        .env_remove("MICROVM_SECCOMP")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _limit = test_support::KillAfter::new(child.id(), Duration::from_secs(120), "microvm boot (SIGUSR2 test)");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let (mut pipe, stderr) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                stderr.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let pid = i32::try_from(child.id()).unwrap();
+    // SIGUSR2 is caught once microvm has started its VM: until then it would kill the process.
+    let vcpu_thread = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().any(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == "vcpu0")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !vcpu_thread() {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no vCPU thread");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    const HEADER: &str = "microvm: guest state (SIGUSR2):\n";
+    // Until a report shows the guest in its loop (the vCPU threads may not have started yet).
+    let report = |text: &str| text.rsplit_once(HEADER).map(|(_, r)| r.to_owned());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while !(last.contains("vCPU 0: rip=") && last.contains("tiny guest: spinning now")) {
+        assert!(Instant::now() < deadline, "no report with the guest's state: {}", stderr.lock().unwrap());
+        assert!(child.try_wait().unwrap().is_none(), "microvm ended: {}", stderr.lock().unwrap());
+        // SAFETY: kill takes plain integers; the pid is our unreaped child.
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
+        let asked = Instant::now();
+        // The report is written in one go; a complete one ends with the console's tail.
+        while asked.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+            if let Some(r) = report(&stderr.lock().unwrap()).filter(|r| r.contains("console, last ") && r.ends_with('\n')) {
+                last = r;
+                break;
+            }
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the VM runs on after the report: {}", stderr.lock().unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    let all = stderr.lock().unwrap().clone();
+    println!("{all}");
+
+    let rip = last
+        .split("vCPU 0: rip=0x")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+        .unwrap();
+    assert!((spin_start..spin_end).contains(&rip), "rip {rip:#x} outside the loop {spin_start:#x}..{spin_end:#x}: {last}");
+    for needle in ["cr3=0x9000", "mp_state=RUNNABLE interrupts=off", "r15=0x", "events: exception=none", "vCPU 1: "] {
+        assert!(last.contains(needle), "{needle:?} not in the report: {last}");
+    }
+    let console = last.split_once("console, last ").unwrap().1;
+    assert!(console.ends_with("tiny guest: spinning now\n"), "console tail: {console:?}");
+    assert!(!all.contains("panicked"), "{all}");
+}

@@ -12,7 +12,8 @@
 //! 7. create and configure the vCPUs.
 //!
 //! [`Vmm::run`] then starts one thread per vCPU and waits for the guest to stop. A
-//! [`PauseHandle`], taken before, stops and restarts the vCPUs meanwhile.
+//! [`PauseHandle`], taken before, stops and restarts the vCPUs meanwhile; a [`DumpHandle`]
+//! reports what the guest is doing.
 
 pub mod arch;
 pub mod config;
@@ -42,10 +43,12 @@ use devices::mmio_bus::MmioBus;
 use devices::virtio::{block::Block, mmio::MmioTransport, vsock::Vsock};
 use devices::LegacyDevices;
 use exit::{ExitState, VmExit};
+use vstate::dump::DumpState;
 use vstate::pause::PauseState;
 use vstate::vcpu::{kick_signal, Vcpu, VcpuShared};
 
 pub use config::ConfigError;
+pub use vstate::dump::DumpHandle;
 pub use vstate::pause::{PauseError, PauseHandle};
 
 /// How often idle vCPUs are kicked to see whether the guest has halted for good (or, when a
@@ -187,6 +190,7 @@ impl Vmm {
         let exits = Arc::new(ExitState::default());
         let panic = PanicLine::default();
         let serial = create_serial(&vm, &config.console, panic.clone())?;
+        let console_tail = serial.writer().tail();
         let devices = LegacyDevices::new(serial, panic, exits.clone(), BootTimer::new(start));
 
         let supported = kvm
@@ -206,6 +210,7 @@ impl Vmm {
             start,
             first_run: OnceLock::new(),
             pause: pause.clone(),
+            dump: Arc::new(DumpState::new(vcpus.len(), console_tail, pause.clone())),
         });
         let test_trigger = std::env::var("MICROVM_TEST_TRIGGER").ok();
         Ok(Self { vcpus, shared, _vm: vm, _mem: mem, start, test_trigger, _pause_end: PauseEnd(pause) })
@@ -215,6 +220,11 @@ impl Vmm {
     /// before holds them at their first instruction.
     pub fn pause_handle(&self) -> PauseHandle {
         PauseHandle::new(self.shared.pause.clone())
+    }
+
+    /// Reports the vCPUs' state and the console's end while [`run`](Self::run) runs.
+    pub fn dump_handle(&self) -> DumpHandle {
+        DumpHandle::new(self.shared.dump.clone())
     }
 
     /// Runs the guest until it stops. vCPU threads still blocked in KVM_RUN are left to end

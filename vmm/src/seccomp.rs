@@ -15,7 +15,7 @@
 //! `microvm boot` has no runtime thread: its main thread is the control thread.
 //!
 //! Arguments are checked where it is cheap: `ioctl` only with the request numbers each thread
-//! uses (the five KVM vCPU calls after boot, the terminal calls of the runtime), `prctl` only
+//! uses (the six KVM vCPU calls after boot, the terminal calls of the runtime), `prctl` only
 //! to name a thread or set no_new_privs, `socket` only for AF_UNIX. A call outside the list kills the process
 //! with SIGSYS ([`SeccompMode::Enforce`]), or is logged by the kernel and allowed
 //! ([`SeccompMode::Log`], for debugging: `dmesg | grep type=1326`).
@@ -123,9 +123,12 @@ mod ioctls {
     pub const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>() as u64);
     pub const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>() as u64);
     pub const KVM_GET_MP_STATE: u64 = ior(0x98, std::mem::size_of::<kvm_bindings::kvm_mp_state>() as u64);
+    /// For the guest-state report (`Vcpu::dump`).
+    pub const KVM_GET_VCPU_EVENTS: u64 = ior(0x9f, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>() as u64);
     /// After a pause: tells the guest's kvmclock that the vCPU was stopped.
     pub const KVM_KVMCLOCK_CTRL: u64 = io(0xad);
-    pub const VCPU: [u64; 5] = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_MP_STATE, KVM_KVMCLOCK_CTRL];
+    pub const VCPU: [u64; 6] =
+        [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_MP_STATE, KVM_GET_VCPU_EVENTS, KVM_KVMCLOCK_CTRL];
     pub const FIONBIO: u64 = 0x5421;
     /// TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, FIOCLEX.
     pub const TERMINAL: [u64; 6] = [0x5401, 0x5402, 0x5403, 0x5404, 0x5413, 0x5451];
@@ -300,12 +303,13 @@ mod tests {
     }
 
     #[test]
-    fn vcpu_ioctls_are_the_running_vms_five() {
+    fn vcpu_ioctls_are_the_running_vms_six() {
         assert_eq!(ioctls::KVM_RUN, 0xAE80);
         // The sizes of kvm_regs (144 bytes) and kvm_sregs (312) are in the request numbers.
         assert_eq!(ioctls::KVM_GET_REGS, 0x8090_AE81);
         assert_eq!(ioctls::KVM_GET_SREGS, 0x8138_AE83);
         assert_eq!(ioctls::KVM_GET_MP_STATE, 0x8004_AE98);
+        assert_eq!(ioctls::KVM_GET_VCPU_EVENTS, 0x8040_AE9F); // kvm_vcpu_events: 64 bytes
         assert_eq!(ioctls::KVM_KVMCLOCK_CTRL, 0xAEAD);
         let device = rules(ThreadKind::Device).unwrap();
         assert_eq!(device[&libc::SYS_ioctl].len(), 1, "device workers only set FIONBIO");

@@ -1,12 +1,17 @@
 //! `microvm boot`: boot a kernel directly, for bring-up and benchmarks (`run` is the verb for
 //! containers). Exit status: 0 when the guest powers off or reboots, 1 when it panics or dies
-//! (triple fault, KVM error), 125 when the VM cannot be started.
+//! (triple fault, KVM error), 125 when the VM cannot be started. SIGUSR2 writes the guest's
+//! state (vCPU registers, the console's end) to stderr, and the guest runs on.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args;
+use signal_hook::consts::SIGUSR2;
+use signal_hook::iterator::Signals;
 use vmm::config::{Console, DiskConfig, VmConfig, DEFAULT_CMDLINE};
+use vmm::seccomp::ThreadKind;
 use vmm::Vmm;
 
 /// Boot a Linux kernel in a microVM and wait for it to stop
@@ -44,6 +49,9 @@ pub struct BootArgs {
 }
 
 pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
+    // SIGUSR2: the guest-state report on stderr, answered once the VM runs (caught from now
+    // on, so that an early one does not kill the VMM).
+    let usr2 = Signals::new([SIGUSR2]).context("install the SIGUSR2 handler")?;
     let mut config = VmConfig::new(args.kernel);
     config.initrd = args.initrd;
     config.cmdline = match args.append {
@@ -72,6 +80,8 @@ pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
     // boot keeps nothing in it: removed now (with the handle on its parent), the directory lives on (deleted) as the jail's
     // only content, and nothing is left behind however the VMM ends.
     drop(sandbox);
+    // The report's thread confines itself as the main thread will in `run` (not yet now).
+    crate::vm::report_guest_state(usr2, vmm.dump_handle(), Some(ThreadKind::Control), false)?;
     let report = vmm.run()?;
     let ms = |d: Option<std::time::Duration>| {
         d.map_or("-".to_string(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))

@@ -1,6 +1,7 @@
 //! `microvm run ROOTFS -- CMD ARGS...`: runs one command from a root filesystem directory in a
 //! fresh microVM, like `docker run --rm`. Stdio streams both ways, signals reach the process,
 //! its exit status is ours (128+N when killed by signal N), and the VM is gone when it ends.
+//! SIGUSR2 is not relayed: it writes the guest's state to stderr (a silent guest's diagnosis).
 //! microvm's own failures exit 125; a command not found 127, not executable 126.
 //!
 //! Steps: check the inputs; make the sandbox directory (runtime state, removed at the end);
@@ -137,6 +138,8 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     // which would leave the directory behind: until the process runs it ends the run (see
     // forward_signals).
     let signals = Signals::new(relayed_signals(tty)).context("install signal handlers")?;
+    // SIGUSR2 is ours, not relayed: the guest-state report on stderr (see vm::report_guest_state).
+    let usr2 = Signals::new([signal_hook::consts::SIGUSR2]).context("install signal handlers")?;
     let sandbox = Arc::new(SandboxDir::create(args.name.as_deref())?);
     let vm = crate::vm::boot(
         &VmSpec {
@@ -152,6 +155,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         },
         start,
     )?;
+    crate::vm::report_guest_state(usr2, vm.dump, None, tty)?;
     let (uds, vm_done) = (vm.uds, vm.done);
     let target = Arc::new(OnceLock::new());
     forward_signals(signals, target.clone(), Arc::downgrade(&sandbox))?;

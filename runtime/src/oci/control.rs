@@ -48,6 +48,9 @@ pub enum ControlRequest {
     Resume,
     /// New cgroup limits for the container (in the guest).
     Update { resources: Box<oci_spec::runtime::LinuxResources> },
+    /// The guest-state report (vCPU registers, the console's end), for a silent guest:
+    /// `echo '"debug"' | socat - UNIX-CONNECT:<root>/<id>/monitor.sock`.
+    Debug,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,8 @@ pub enum ControlAnswer {
     Status(Status),
     Ok,
     Error(String),
+    /// The answer to [`ControlRequest::Debug`].
+    Report(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,5 +147,12 @@ mod tests {
         assert_eq!(refused.to_string(), "no");
         server.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_debug_request_is_a_plain_word_and_its_report_a_string() {
+        assert_eq!(serde_json::to_string(&ControlRequest::Debug).unwrap(), r#""debug""#);
+        let report = ControlAnswer::Report("vCPU 0: rip=0x1\n".into());
+        assert_eq!(serde_json::to_string(&report).unwrap(), r#"{"report":"vCPU 0: rip=0x1\n"}"#);
     }
 }

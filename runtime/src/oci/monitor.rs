@@ -7,8 +7,9 @@
 //! 4. tells `create` it is ready (a line on the pipe `create` gave it), and from then on
 //! 5. relays the process's stdio through its own (create's, so the caller's) or the pty,
 //!    forwards the signals it gets and the window size, answers the verbs on its control
-//!    socket (start, kill, state), and exits with the process's status (128+N when killed by
-//!    signal N) once it has ended and the VM is off.
+//!    socket (start, kill, state; `debug`: the guest-state report, as SIGUSR2 gives for `run`),
+//!    and exits with the process's status (128+N when killed by signal N) once it has ended
+//!    and the VM is off.
 
 use std::fs::File;
 use std::io::Write;
@@ -140,7 +141,7 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
     tracing::debug!("monitor: stdio attached, waiting for the exit");
     let status = Arc::new(Mutex::new(Status::Created));
     let vcpus = vm.pause;
-    serve_control(listener, pid, Arc::clone(&relay.agent), vcpus, Arc::clone(&status));
+    serve_control(listener, pid, Arc::clone(&relay.agent), (vcpus, vm.dump), Arc::clone(&status));
     Ok(Created { session, pid, relay, status, vm_done: vm.done })
 }
 
@@ -249,7 +250,7 @@ fn serve_control(
     listener: UnixListener,
     pid: u32,
     agent: Arc<AgentClient>,
-    vcpus: vmm::PauseHandle,
+    vcpus: (vmm::PauseHandle, vmm::DumpHandle),
     status: Arc<Mutex<Status>>,
 ) {
     std::thread::spawn(move || {
@@ -279,13 +280,14 @@ fn answer(
     request: &ControlRequest,
     pid: u32,
     agent: &AgentClient,
-    vcpus: &vmm::PauseHandle,
+    (vcpus, dump): &(vmm::PauseHandle, vmm::DumpHandle),
     status: &Mutex<Status>,
 ) -> ControlAnswer {
     let now = get(status);
     let result = match request {
         ControlRequest::Status => return ControlAnswer::Status(now),
         _ if now == Status::Stopped => Err("container not running".to_owned()),
+        ControlRequest::Debug => return ControlAnswer::Report(dump.dump(crate::vm::DUMP_TIMEOUT)),
         ControlRequest::Start if now != Status::Created => {
             Err(format!("cannot start a container that is {}", now.as_str()))
         }

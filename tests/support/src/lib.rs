@@ -96,7 +96,8 @@ impl Microvm {
 
 /// Kills a process still running when a time limit passes, so that a hung child fails its
 /// test, with a line saying so, instead of holding the whole suite until the bed's watchdog
-/// stops it. Dropping the guard (after waiting for the child) disarms it.
+/// stops it. A microvm process gets SIGUSR2 first, and [`GUEST_STATE_WAIT`] to write the
+/// guest's state to its stderr. Dropping the guard (after waiting for the child) disarms it.
 pub struct KillAfter {
     disarm: Option<std::sync::mpsc::Sender<()>>,
     timer: Option<std::thread::JoinHandle<()>>,
@@ -113,6 +114,12 @@ impl KillAfter {
                     thread_report(pid)
                 );
                 let pid = i32::try_from(pid).expect("pid fits in pid_t");
+                if is_microvm(pid) {
+                    // SAFETY: as for SIGKILL below. microvm writes the guest's state (vCPU
+                    // registers, console tail) to its stderr, which the test captures.
+                    unsafe { libc::kill(pid, libc::SIGUSR2) };
+                    std::thread::sleep(GUEST_STATE_WAIT);
+                }
                 // SAFETY: kill takes plain integers; the pid is our unreaped child, so it
                 // cannot have been reused.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -129,6 +136,14 @@ impl Drop for KillAfter {
             let _ = t.join();
         }
     }
+}
+
+/// How long a hung microvm gets to write its guest-state report (SIGUSR2) before SIGKILL.
+const GUEST_STATE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether process `pid` runs the microvm binary.
+fn is_microvm(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "microvm")
 }
 
 /// Each thread of `pid` and of its descendants: name, wait channel, kernel stack (readable

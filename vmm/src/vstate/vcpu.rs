@@ -4,14 +4,16 @@
 //! steady pace; a kicked vCPU that finds itself halted with interrupts disabled (or never
 //! started) records that it can never run again, and when all have, the guest is powered off:
 //! without ACPI that is how Linux ends `poweroff` and `halt`. Between two KVM_RUNs a vCPU
-//! parks while the VM is paused (see [`super::pause`]).
+//! parks while the VM is paused (see [`super::pause`]), and records its state when a
+//! guest-state report asks for it (see [`super::dump`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    CpuId, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+    CpuId, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -22,6 +24,7 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::mmio_bus::MmioBus;
 use crate::devices::LegacyDevices;
 use crate::exit::{ExitState, VmExit};
+use crate::vstate::dump::DumpState;
 use crate::vstate::pause::PauseState;
 
 /// The real-time signal used to kick vCPU threads out of KVM_RUN.
@@ -48,6 +51,7 @@ pub struct VcpuShared {
     /// When the boot vCPU first entered the guest, from VMM start.
     pub first_run: OnceLock<Duration>,
     pub pause: Arc<PauseState>,
+    pub dump: Arc<DumpState>,
 }
 
 pub struct Vcpu {
@@ -87,6 +91,7 @@ impl Vcpu {
         if self.index == 0 {
             let _ = shared.first_run.set(shared.start.elapsed());
         }
+        shared.dump.set_running(self.index, true);
         loop {
             let parked = shared.pause.park();
             if shared.exits.is_set() {
@@ -98,10 +103,12 @@ impl Vcpu {
                 // the guest uses kvmclock, which is fine.
                 let _ = self.fd.kvmclock_ctrl();
             }
+            shared.dump.answer(self.index, || format!("{:#}", self.dump()));
             if let Some(exit) = self.run_once(&shared) {
                 shared.exits.set(exit);
             }
         }
+        shared.dump.set_running(self.index, false);
     }
 
     /// One KVM_RUN and the handling of its exit; `Some` when the VM must stop.
@@ -113,7 +120,7 @@ impl Vcpu {
             Ok(VcpuExit::IoOut(port, data)) => shared.devices.pio_write(port, data),
             Ok(VcpuExit::MmioRead(addr, data)) => shared.mmio.read(addr, data),
             Ok(VcpuExit::MmioWrite(addr, data)) => shared.mmio.write(addr, data),
-            Ok(VcpuExit::Shutdown) => return Some(VmExit::TripleFault(self.dump())),
+            Ok(VcpuExit::Shutdown) => return Some(VmExit::TripleFault(self.dump().to_string())),
             Ok(VcpuExit::InternalError) => {
                 return Some(VmExit::VcpuFailure(format!(
                     "vCPU {}: KVM internal error: {}",
@@ -159,7 +166,6 @@ impl Vcpu {
 
     /// Halted with interrupts disabled, or still waiting for its startup IPI.
     fn can_never_run(&self) -> bool {
-        const RFLAGS_IF: u64 = 1 << 9;
         let Ok(mp) = self.fd.get_mp_state() else { return false };
         match mp.mp_state {
             KVM_MP_STATE_HALTED => {
@@ -170,16 +176,81 @@ impl Vcpu {
         }
     }
 
-    /// The registers worth seeing when a vCPU dies.
-    fn dump(&self) -> String {
+    /// The state worth seeing when a vCPU dies or the guest goes silent: registers, run
+    /// state and pending events. `{}` shows it on one line, `{:#}` on a few.
+    fn dump(&self) -> VcpuDump {
+        let mut parts = Vec::new();
         let regs = self.fd.get_regs();
-        let sregs = self.fd.get_sregs();
-        match (regs, sregs) {
-            (Ok(r), Ok(s)) => format!(
+        match (&regs, &self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => parts.push(format!(
                 "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
                 r.rip, r.rsp, r.rflags, r.rax, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector
-            ),
-            (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
+            )),
+            (Err(e), _) | (_, Err(e)) => parts.push(format!("registers unavailable: {e}")),
         }
+        let mp_state = match self.fd.get_mp_state() {
+            Ok(mp) => mp_state_name(mp.mp_state),
+            Err(e) => format!("unavailable ({e})"),
+        };
+        let interrupts = match &regs {
+            Ok(r) if r.rflags & RFLAGS_IF != 0 => "on",
+            Ok(_) => "off",
+            Err(_) => "?",
+        };
+        parts.push(format!("mp_state={mp_state} interrupts={interrupts}"));
+        if let Ok(r) = &regs {
+            parts.push(format!(
+                "rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x}",
+                r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp
+            ));
+            parts.push(format!(
+                "r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}",
+                r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+            ));
+        }
+        parts.push(match self.fd.get_vcpu_events() {
+            Ok(e) => {
+                let exception = if e.exception.injected != 0 || e.exception.pending != 0 {
+                    let code = if e.exception.has_error_code != 0 { format!("({:#x})", e.exception.error_code) } else { String::new() };
+                    let how = if e.exception.injected != 0 { "injected" } else { "pending" };
+                    format!("#{}{code} {how}", e.exception.nr)
+                } else {
+                    "none".into()
+                };
+                let interrupt = if e.interrupt.injected != 0 { format!("vector {:#x}", e.interrupt.nr) } else { "none".into() };
+                let nmi = match (e.nmi.injected, e.nmi.pending) {
+                    (0, 0) => "none",
+                    (0, _) => "pending",
+                    _ => "injected",
+                };
+                format!("events: exception={exception} interrupt={interrupt} nmi={nmi} shadow={}", e.interrupt.shadow)
+            }
+            Err(e) => format!("events unavailable: {e}"),
+        });
+        VcpuDump(parts)
     }
+}
+
+/// RFLAGS.IF: maskable interrupts enabled.
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// A vCPU's state as text; see `Vcpu::dump`.
+pub struct VcpuDump(Vec<String>);
+
+impl std::fmt::Display for VcpuDump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(if f.alternate() { "\n    " } else { " " }))
+    }
+}
+
+fn mp_state_name(state: u32) -> String {
+    let name = match state {
+        KVM_MP_STATE_RUNNABLE => "RUNNABLE",
+        KVM_MP_STATE_UNINITIALIZED => "UNINITIALIZED",
+        KVM_MP_STATE_INIT_RECEIVED => "INIT_RECEIVED",
+        KVM_MP_STATE_HALTED => "HALTED",
+        KVM_MP_STATE_SIPI_RECEIVED => "SIPI_RECEIVED",
+        other => return other.to_string(),
+    };
+    name.to_string()
 }
