@@ -54,3 +54,52 @@ bed_find_vng() {
 	fi
 	printf '%s\n' "$py"
 }
+
+# bed_cpu_report MONITOR_SOCKET KALLSYMS CPUS: where each of L1's vCPUs is, twice a second
+# apart, from QEMU's monitor: RIP (named from L1's text symbols, modules included, which L1
+# copied from /proc/kallsyms at its start; an address in no L1 function is most likely L2's),
+# CR3, and whether the vCPU is halted. For a frozen L1: the same RIP twice and HLT=1 is an idle CPU waiting for an
+# interrupt that never comes; a moving RIP is a loop.
+bed_cpu_report() {
+	local sock=$1 map=$2 cpus=$3 round i out rip
+	[[ -S $sock ]] || return 0
+	echo "nested.sh: L1's vCPUs, from QEMU's monitor:"
+	for round in 1 2; do
+		for ((i = 0; i < cpus; i++)); do
+			out=$(python3 - "$sock" "$i" <<-'PY' 2>&1
+				import socket, sys, time
+				s = socket.socket(socket.AF_UNIX)
+				s.settimeout(5)
+				s.connect(sys.argv[1])
+				s.sendall(f"cpu {sys.argv[2]}\ninfo registers\n".encode())
+				time.sleep(1)
+				data = b""
+				try:
+				    while chunk := s.recv(65536):
+				        data += chunk
+				except OSError:
+				    pass
+				print(data.decode(errors="replace"))
+				PY
+			)
+			rip=$(grep -o 'RIP=[0-9a-f]*' <<<"$out" | head -n 1 | cut -d= -f2)
+			printf '  round %d vCPU %d: RIP=%s (%s) %s %s\n' "$round" "$i" "${rip:-?}" \
+				"$(bed_symbol "$map" "$rip")" "$(grep -o 'CR3=[0-9a-f]*' <<<"$out" | head -n 1)" \
+				"$(grep -o 'HLT=[01]' <<<"$out" | head -n 1)"
+		done
+	done
+}
+
+# bed_symbol KALLSYMS HEXADDR: the function holding the address, as name+offset [module].
+bed_symbol() {
+	[[ -f $1 && -n $2 ]] || { echo '?'; return; }
+	python3 - "$1" "$2" <<-'PY'
+		import sys
+		target, best = int(sys.argv[2], 16), None
+		for line in open(sys.argv[1]):
+		    addr, kind, name = line.split(maxsplit=2)
+		    if kind in "tTwW" and int(addr, 16) <= target and (best is None or int(addr, 16) >= best[0]):
+		        best = (int(addr, 16), name.strip())
+		print(f"{best[1]}+{target - best[0]:#x}" if best and target - best[0] < 65536 else "not in L1")
+		PY
+}

@@ -7,6 +7,10 @@
 #
 # Options:
 #   --cpus N          L1 vCPUs (default 2)
+#   --kernel IMAGE    L1 kernel image (default: the newest /boot/vmlinuz-6.1.0-*-amd64, or
+#                     $MICROVM_BED_KERNEL); its modules must be in /lib/modules
+#   --append ARGS     more of L1's kernel command line (module options such as
+#                     kvm_amd.vgif=0 apply when udev loads the module)
 #   --memory SIZE     L1 memory, QEMU syntax (default 4G)
 #   --rwdir DIR       also make host DIR writable in L1 (repeatable)
 #   --env NAME[=VAL]  pass another variable into L1 (repeatable)
@@ -39,14 +43,16 @@ repo=$(cd "$here/../.." && pwd)
 source "$here/lib.sh"
 
 die() { echo "nested.sh: $*" >&2; exit 125; }
-usage() { sed -n "2,33s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
+usage() { sed -n "2,37s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
 
-cpus=2 memory=4G verbose='' timing='' repo_rw=1 errors_only= limit=
+cpus=2 memory=4G verbose='' timing='' repo_rw=1 errors_only= limit= append=
 rwdirs=() extra_env=()
 while (($#)); do
 	case $1 in
 	--cpus) cpus=${2:?}; shift 2 ;;
 	--memory) memory=${2:?}; shift 2 ;;
+	--kernel) MICROVM_BED_KERNEL=${2:?}; shift 2 ;;
+	--append) append+=" ${2:?}"; shift 2 ;;
 	--rwdir) rwdirs+=("$(cd "${2:?}" && pwd)"); shift 2 ;;
 	--env) extra_env+=("${2:?}"); shift 2 ;;
 	--ro) repo_rw=; shift ;;
@@ -107,6 +113,11 @@ trap 'exit 129' HUP
 	# A process snapshot every 30 s: if the watchdog stops L1, its age tells whether L1
 	# itself had frozen or only COMMAND hung, and the list shows what was waiting where.
 	echo '(while :; do ps -eo pid,ppid,stat,etimes,wchan:24,args --forest >"$share/ps.new" 2>&1 && mv "$share/ps.new" "$share/ps"; sleep 30; done </dev/null >/dev/null 2>&1 &)'
+	# One idle VM held for L1's life keeps KVM's static keys from flipping (and L1's kernel
+	# text from being patched) at every guest start and stop: see kvm-keeper.py.
+	[[ -z ${MICROVM_BED_NO_KEEPER:-} ]] && printf '(exec python3 %q </dev/null >"$share/keeper" 2>&1 &)\n' "$here/kvm-keeper.py"
+	# L1's text symbols (kvm and kvm-amd included), for naming a frozen CPU's RIP.
+	[[ -n $limit ]] && echo '(nice grep -i " [tw] " /proc/kallsyms >"$share/kallsyms" 2>/dev/null &)'
 	echo 'if [[ ! -c /dev/kvm ]]; then'
 	echo '  echo "nested.sh: L1 has no /dev/kvm (kvm-amd did not load; is +svm in -cpu?)" >&2'
 	echo '  echo 125 > "$share/status"; exit 125'
@@ -133,6 +144,9 @@ trap 'exit 129' HUP
 	echo 'echo $? > "$share/status"'
 } > "$share/run.sh"
 
+# QEMU's monitor (on a socket in $tmp) lets the watchdog show where L1's CPUs are when it
+# stops a frozen L1 (bed_cpu_report); L1 runs without KASLR so that its addresses name
+# functions in /boot/System.map-VERSION.
 # AMD SVM with nested paging for L1; the features TCG cannot emulate are turned
 # off explicitly, else QEMU warns about each of them on stderr.
 default_cpu=EPYC,+svm,+npt,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,-topoext,-nrip-save,-xsavec
@@ -150,8 +164,8 @@ noload+=,crc32c_intel,ghash_clmulni_intel,sha512_ssse3,sha256_ssse3,sha1_ssse3,a
 # and loses ~3 s before falling back to 9p.
 # Writable mounts in L1 (each at the same path as on the host).
 vng_args=(--run "$kernel" --disable-kvm --force-9p --cpus "$cpus" --memory "$memory"
-	"--qemu-opts=-cpu ${MICROVM_BED_CPU:-$default_cpu}"
-	--append "modprobe.blacklist=$noload" --rwdir "$share")
+	"--qemu-opts=-cpu ${MICROVM_BED_CPU:-$default_cpu} -monitor unix:$tmp/monitor,server=on,wait=off"
+	--append "nokaslr modprobe.blacklist=$noload$append" --rwdir "$share")
 [[ -n $repo_rw ]] && vng_args+=(--rwdir "$repo")
 if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
 	[[ -n $repo_rw && $CARGO_TARGET_DIR == "$repo"/* ]] || vng_args+=(--rwdir "$CARGO_TARGET_DIR")
@@ -197,6 +211,7 @@ if [[ -n $limit ]]; then
 			fi
 		done
 		((SECONDS < end)) || echo "nested.sh: COMMAND still running after $limit s: stopping L1" >&2
+		bed_cpu_report "$tmp/monitor" "$share/kallsyms" "$cpus" >&2
 		: >"$tmp/timed-out"
 		kill -TERM -- "-$vpid" 2>/dev/null
 	) </dev/null &

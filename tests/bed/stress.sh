@@ -6,10 +6,11 @@
 #       tests/bed/stress.sh MICROVM AGENT VMLINUX ROOTFS SECONDS OUTDIR
 #
 # OUTDIR/log gets one line a run (loop.n, exit status, time, agent_ready ms). A run still
-# going after 60 s has its threads' kernel stacks, stderr and console kept in OUTDIR, and
-# is killed. L1's kernel log gets a heartbeat every 20 s, so a frozen L1 shows as a gap.
+# going after 60 s is asked for its guest's state (SIGUSR2: vCPU registers, console tail, on
+# its stderr), has its threads' kernel stacks, stderr and console kept in OUTDIR, and is
+# killed. L1's kernel log gets a heartbeat every 20 s, so a frozen L1 shows as a gap.
 set -uo pipefail
-[[ $# -eq 6 ]] || { sed -n '2,12s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+[[ $# -eq 6 ]] || { sed -n '2,13s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 bin=$1 agent=$2 kernel=$3 rootfs=$4 secs=$5 out=$6
 mkdir -p "$out" && : >"$out/log"
 (i=0; while :; do echo "<3>stress heartbeat $i" >/dev/kmsg; i=$((i + 1)); sleep 20; done) &
@@ -31,6 +32,9 @@ loop() {
 		pid=$!
 		for k in $(seq 600); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 		if kill -0 $pid 2>/dev/null; then
+			# The guest's state (vCPU registers, console tail) to err$j, then the host side's.
+			kill -USR2 $pid
+			sleep 2
 			for t in /proc/$pid/task/*; do
 				echo "== $(cat "$t/comm") $(cat "$t/wchan") syscall: $(cat "$t/syscall")"
 				cat "$t/stack"
