@@ -11,6 +11,11 @@
       / process exit to VMM exit, confined (jail + seccomp, the default) and unconfined
       (`--seccomp off --no-jail`) interleaved; and stdout
       throughput through the agent (256 MiB) next to `cat` of the same data on this host.
+  bench/run.py inputs MICROVM KERNEL AGENT BUSYBOX_ROOTFS
+      (inside tests/bed/nested.sh) `run <busybox> true` with the binary, kernel and agent
+      read where they lie (the bed's 9p share) against copies in L1's memory (/run, what
+      tests/bed/l1-inputs.sh does for the guest tests), interleaved, median of 10 each: VMM
+      setup, boot to agent ready, wall.
 """
 import os
 import shutil
@@ -91,10 +96,44 @@ def run(microvm, kernel, agent, busybox):
               f"(256 MiB; run minus an empty run); host `head | cat`: {size / (1 << 20) / (ms_host / 1e3):.0f} MiB/s")
 
 
+def phases_of(stderr):
+    line = [l for l in stderr.splitlines() if l.startswith("microvm-timings:")][-1]
+    return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:]) if v != "-"}
+
+
+def inputs(microvm, kernel, agent, busybox):
+    with tempfile.TemporaryDirectory(dir="/run") as d:
+        local = os.path.join(d, "rootfs")
+        shutil.copytree(busybox, local, symlinks=True)
+        os.makedirs(os.path.join(d, "bin"))
+        copies = {"9p share": (microvm, kernel, agent),
+                  "L1 memory": tuple(shutil.copy(f, os.path.join(d, "bin", os.path.basename(f)))
+                                     for f in (microvm, kernel, agent))}
+        env = dict(os.environ, MICROVM_CACHE=os.path.join(d, "cache"),
+                   MICROVM_RUNTIME_DIR=os.path.join(d, "run"), MICROVM_TIMINGS="1")
+        subprocess.run([microvm, "run", "--kernel", kernel, "--agent", agent, local, "--", "true"],
+                       env=env, check=True, capture_output=True)  # pack once
+        got = {w: {"setup": [], "boot_to_agent": [], "wall": []} for w in copies}
+        for _ in range(10):
+            for way, (binary, k, a) in copies.items():
+                ms, p = timed([binary, "run", "--kernel", k, "--agent", a, local, "--", "true"],
+                              env=env, capture_output=True, text=True)
+                assert p.returncode == 0, p.stderr
+                t = phases_of(p.stderr)
+                got[way]["setup"].append(t["first_kvm_run"])
+                got[way]["boot_to_agent"].append(t["agent_ready"] - t["first_kvm_run"])
+                got[way]["wall"].append(ms)
+        for way, ph in got.items():
+            print(f"run <busybox> true, inputs on the {way}, median of 10: "
+                  + ", ".join(f"{k} {statistics.median(v):.0f} ms" for k, v in ph.items()))
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "pack":
         pack(*sys.argv[2:])
     elif len(sys.argv) == 6 and sys.argv[1] == "run":
         run(*sys.argv[2:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "inputs":
+        inputs(*sys.argv[2:])
     else:
         raise SystemExit(__doc__)
