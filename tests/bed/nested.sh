@@ -113,9 +113,9 @@ trap 'exit 129' HUP
 	# A process snapshot every 30 s: if the watchdog stops L1, its age tells whether L1
 	# itself had frozen or only COMMAND hung, and the list shows what was waiting where.
 	echo '(while :; do ps -eo pid,ppid,stat,etimes,wchan:24,args --forest >"$share/ps.new" 2>&1 && mv "$share/ps.new" "$share/ps"; sleep 30; done </dev/null >/dev/null 2>&1 &)'
-	# One idle VM held for L1's life keeps KVM's static keys from flipping (and L1's kernel
+	# MICROVM_BED_KEEPER=1: one idle VM held for L1's life keeps KVM's static keys from flipping (and L1's kernel
 	# text from being patched) at every guest start and stop: see kvm-keeper.py.
-	[[ -z ${MICROVM_BED_NO_KEEPER:-} ]] && printf '(exec python3 %q </dev/null >"$share/keeper" 2>&1 &)\n' "$here/kvm-keeper.py"
+	[[ -n ${MICROVM_BED_KEEPER:-} ]] && printf '(exec python3 %q </dev/null >"$share/keeper" 2>&1 &)\n' "$here/kvm-keeper.py"
 	# L1's text symbols (kvm and kvm-amd included), for naming a frozen CPU's RIP.
 	[[ -n $limit ]] && echo '(nice grep -i " [tw] " /proc/kallsyms >"$share/kallsyms" 2>/dev/null &)'
 	echo 'if [[ ! -c /dev/kvm ]]; then'
