@@ -72,8 +72,7 @@ def run(microvm, kernel, agent, busybox):
                 cmd = [microvm, "run", *flags, "--kernel", kernel, local, "--", "true"]
                 ms, p = timed(cmd, env=env, capture_output=True, text=True)
                 assert p.returncode == 0, p.stderr
-                line = [l for l in p.stderr.splitlines() if l.startswith("microvm-timings:")][-1]
-                t = {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:]) if v != "-"}
+                t = phases_of(p.stderr)
                 ph = phases[way]
                 ph["setup"].append(t["first_kvm_run"])
                 ph["boot_to_agent"].append(t["agent_ready"] - t["first_kvm_run"])
