@@ -18,6 +18,23 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the guest may take to accept or refuse one vsock connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Receives the VMM's report once the VM has stopped (see [`crate::vm::RunningVm::done`]).
+pub type VmDone = mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>;
+
+/// How long an agent error waits for the VM's report: the VMM closes the guest's connections
+/// as it records the stop, so the report is there or about to be.
+const STOP_REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// `error`, from the agent's connection, told as the VM's stop when the VM has stopped: the
+/// guest's end (a panic, a triple fault) is what the user needs, not the closed connection.
+pub fn explain_by_vm_stop(error: anyhow::Error, vm_done: &VmDone) -> anyhow::Error {
+    match vm_done.recv_timeout(STOP_REPORT_WAIT) {
+        Ok(Ok(report)) => anyhow!("the VM stopped while its container ran: {}", report.exit),
+        Ok(Err(e)) => anyhow!("the VM failed while its container ran: {e}"),
+        Err(_) => error,
+    }
+}
+
 /// Where the process's stdio goes on the host.
 pub struct HostStdio {
     /// Its stdout, or its terminal's output.
@@ -51,10 +68,7 @@ pub struct Session {
 
 impl Session {
     /// Connects to the agent's control port, retrying while the guest boots, and shakes hands.
-    pub fn connect(
-        uds: &Path,
-        vm_done: &mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
-    ) -> anyhow::Result<Self> {
+    pub fn connect(uds: &Path, vm_done: &VmDone) -> anyhow::Result<Self> {
         let deadline = Instant::now() + AGENT_TIMEOUT;
         let stream = loop {
             match vm_done.try_recv() {

@@ -117,6 +117,8 @@ pub struct Vmm {
     test_trigger: Option<String>,
     /// Ends the pause state when the VM is gone: when `run` returns, or without it.
     _pause_end: PauseEnd,
+    /// Stops the vsock device once the guest has stopped (see [`Vsock::stopper`]).
+    vsock_stop: Option<EventFd>,
 }
 
 /// Makes pausing fail, and wakes the parked vCPUs, once dropped.
@@ -156,6 +158,7 @@ impl Vmm {
         // Step 5 first for the virtio devices: they add to the kernel command line.
         let mut config = config.clone();
         let mut mmio = MmioBus::default();
+        let mut vsock_stop = None;
         for (i, disk) in config.disks.iter().enumerate() {
             let block = Block::open(&disk.path, disk.read_only, &format!("microvm-disk{i}"))?;
             let transport = MmioTransport::new(Box::new(block), mem.clone())?;
@@ -165,6 +168,7 @@ impl Vmm {
         }
         if let Some(vsock) = &config.vsock {
             let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)?;
+            vsock_stop = Some(device.stopper()?);
             let declaration = mmio.add(MmioTransport::new(Box::new(device), mem.clone())?);
             config.cmdline.push(' ');
             config.cmdline.push_str(&declaration);
@@ -213,7 +217,16 @@ impl Vmm {
             dump: Arc::new(DumpState::new(vcpus.len(), console_tail, pause.clone())),
         });
         let test_trigger = std::env::var("MICROVM_TEST_TRIGGER").ok();
-        Ok(Self { vcpus, shared, _vm: vm, _mem: mem, start, test_trigger, _pause_end: PauseEnd(pause) })
+        Ok(Self {
+            vcpus,
+            shared,
+            _vm: vm,
+            _mem: mem,
+            start,
+            test_trigger,
+            _pause_end: PauseEnd(pause),
+            vsock_stop,
+        })
     }
 
     /// Pauses and resumes this VM's vCPUs while [`run`](Self::run) runs them; a pause asked
@@ -260,6 +273,10 @@ impl Vmm {
         let total = self.start.elapsed();
         // vCPUs parked by a pause leave, and pausing fails from now on.
         self.shared.pause.end();
+        // The guest cannot answer any more: its vsock connections end now, not with the process.
+        if let Some(stop) = &self.vsock_stop {
+            let _ = stop.write(1);
+        }
         self.shared.devices.flush();
         Ok(RunReport {
             exit,

@@ -22,7 +22,7 @@ use signal_hook::iterator::Signals;
 
 use crate::launch_checks::{self, Policy};
 use crate::sandbox::SandboxDir;
-use crate::session::{HostStdio, Sender, Session};
+use crate::session::{explain_by_vm_stop, HostStdio, Sender, Session};
 use crate::spec;
 use crate::vm::VmSpec;
 
@@ -174,7 +174,8 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         init: args.init,
         files,
     };
-    let (pid, container_setup) = match session.call(Request::StartProcess(request))? {
+    let stopped = |e: anyhow::Error| explain_by_vm_stop(e, &vm_done);
+    let (pid, container_setup) = match session.call(Request::StartProcess(request)).map_err(stopped)? {
         Response::ProcessStarted { pid, setup_micros } => {
             (pid, Duration::from_micros(setup_micros))
         }
@@ -192,15 +193,15 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
             .interactive
             .then(|| Box::new(std::io::stdin()) as Box<dyn Read + Send>),
     };
-    let outputs = session.attach_stdio(&uds, pid, stdio)?;
+    let outputs = session.attach_stdio(&uds, pid, stdio).map_err(stopped)?;
     let _raw = if tty {
         crate::tty::RawMode::enter()
     } else {
         None
     };
     let _ = target.set((session.sender(), pid));
-    session.call_ok(Request::WaitProcess { pid })?;
-    let status = session.wait_exit(pid, None)?;
+    session.call_ok(Request::WaitProcess { pid }).map_err(stopped)?;
+    let status = session.wait_exit(pid, None).map_err(stopped)?;
     let process_exit = start.elapsed();
     for out in outputs {
         let _ = out.join();

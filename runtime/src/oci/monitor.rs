@@ -84,7 +84,7 @@ struct Created {
     pid: u32,
     relay: Relay,
     status: Arc<Mutex<Status>>,
-    vm_done: mpsc::Receiver<Result<vmm::RunReport, vmm::VmmError>>,
+    vm_done: crate::session::VmDone,
 }
 
 fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Result<Created> {
@@ -198,6 +198,7 @@ impl Created {
         }
         drop(self.relay.agent);
         self.session.shutdown();
+        let status = status.map_err(|e| crate::session::explain_by_vm_stop(e, &self.vm_done));
         let _ = self.vm_done.recv_timeout(Duration::from_secs(10));
         match status {
             Ok(status) => status.shell_code().clamp(0, 255) as u8,

@@ -317,3 +317,21 @@ fn sigterm_while_the_vm_boots_ends_the_run_and_leaves_nothing() {
     assert!(stderr.contains("signal 15 before the process started"), "{stderr}");
     case.assert_nothing_left();
 }
+
+/// A guest that dies under a running container (here its kernel panics on running out of
+/// memory) ends the run at once with the guest's reason: the VMM closes the agent's
+/// connections when the guest stops, so nothing waits for an answer that cannot come.
+#[test]
+fn a_guest_that_dies_under_its_container_ends_the_run_with_the_reason() {
+    let case = Case::new("guest-dies");
+    let fill = "echo 1 > /proc/sys/vm/panic_on_oom && mkdir -p /fill && mount -t tmpfs -o size=100% fill /fill \
+                && cat /dev/zero > /fill/zero; sleep 600";
+    let out = case.run("rootfs-busybox", &["--privileged", "--memory", "128"], &["sh", "-c", fill]);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains("microvm: the VM stopped while its container ran: guest kernel panic")
+            && out.stderr.contains("Out of memory"),
+        "{out:?}"
+    );
+    case.assert_nothing_left();
+}

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::Interest;
 use super::muxer::{Muxer, Readiness, Registry};
@@ -18,6 +19,7 @@ use virtio_queue::QueueT;
 const TOKEN_RX: u64 = 0;
 const TOKEN_TX: u64 = 1;
 const TOKEN_LISTENER: u64 = 2;
+const TOKEN_STOP: u64 = 3;
 const MAX_EVENTS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub struct Worker {
     interrupt: Interrupt,
     muxer: Muxer,
     epoll: Epoll,
+    /// The VM has stopped: see [`super::Vsock::stopper`].
+    _stop: EventFd,
 }
 
 impl Worker {
@@ -79,12 +83,14 @@ impl Worker {
         listener: UdsListener,
         interrupt: Interrupt,
         guest_cid: u64,
+        stop: EventFd,
     ) -> Result<Self, EventHandlerError> {
         let epoll = Epoll::new().map_err(EventHandlerError::Epoll)?;
         let fds = [
             ("rx queue notification", rx.kick.as_raw_fd(), TOKEN_RX),
             ("tx queue notification", tx.kick.as_raw_fd(), TOKEN_TX),
             ("listener", listener.listener().as_raw_fd(), TOKEN_LISTENER),
+            ("stop event", stop.as_raw_fd(), TOKEN_STOP),
         ];
         for (what, fd, token) in fds {
             epoll
@@ -92,10 +98,11 @@ impl Worker {
                 .map_err(|source| EventHandlerError::Watch { what, source })?;
         }
         let muxer = Muxer::new(guest_cid, listener.path().to_owned());
-        Ok(Self { mem, rx, tx, _event: event, listener, interrupt, muxer, epoll })
+        Ok(Self { mem, rx, tx, _event: event, listener, interrupt, muxer, epoll, _stop: stop })
     }
 
-    /// Serves the device until epoll fails (it does not, short of a bug).
+    /// Serves the device until the VM stops (or epoll fails, which it does not short of a
+    /// bug); returning drops the listener and every host connection.
     pub fn run(mut self) {
         if let Err(error) = crate::seccomp::install(crate::seccomp::ThreadKind::Device) {
             tracing::error!("virtio-vsock: {error}; the device stops");
@@ -123,6 +130,7 @@ impl Worker {
                         tx_kicked = true;
                     }
                     TOKEN_LISTENER => self.accept(),
+                    TOKEN_STOP => return,
                     token => self.muxer.on_ready(token, readiness(event.event_set())),
                 }
             }
@@ -214,8 +222,10 @@ mod tests {
         let active = queues.into_iter().zip(&kicks).map(|(queue, k)| ActiveQueue { queue, kick: k.try_clone().unwrap() });
         let active: [ActiveQueue; 3] = active.collect::<Vec<_>>().try_into().ok().unwrap();
         let (status, irq) = (Arc::new(AtomicU32::new(0)), Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let worker = Worker::new(mem.clone(), active, listener, Interrupt::new(status.clone(), irq.clone()), 3).unwrap();
-        std::thread::Builder::new().name("virtio-vsock".into()).spawn(move || worker.run()).unwrap();
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Interrupt::new(status.clone(), irq.clone());
+        let worker = Worker::new(mem.clone(), active, listener, interrupt, 3, stop.try_clone().unwrap()).unwrap();
+        let thread = std::thread::Builder::new().name("virtio-vsock".into()).spawn(move || worker.run()).unwrap();
 
         let mut client = UnixStream::connect(&path).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -244,5 +254,14 @@ mod tests {
         let mut payload = [0u8; 4];
         mem.read_slice(&mut payload, GuestAddress(0x11_0000 + 44)).unwrap();
         assert_eq!((data.op(), &payload), (OP_RW, b"ping"));
+
+        // The VM stops: the worker ends, the open connection reads end-of-file and the socket
+        // is gone, so nobody on the host waits for a guest that cannot answer.
+        stop.write(1).unwrap();
+        thread.join().unwrap();
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut rest).unwrap();
+        assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+        assert!(!path.exists(), "the listener's socket is removed");
     }
 }

@@ -28,6 +28,7 @@ pub mod uds;
 use std::path::{Path, PathBuf};
 
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use event_handler::Worker;
@@ -44,6 +45,8 @@ pub enum VsockError {
     InvalidCid(u64),
     #[error("vsock socket {path}: bind: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
+    #[error("vsock stop event: {0}")]
+    StopEvent(std::io::Error),
 }
 
 pub struct Vsock {
@@ -51,6 +54,9 @@ pub struct Vsock {
     /// Taken by the worker at activation.
     listener: Option<UdsListener>,
     config: [u8; 8],
+    /// Written once the VM has stopped: the worker ends, and with it every host connection
+    /// (a host waiting on the agent reads end-of-file instead of waiting forever).
+    stop: EventFd,
 }
 
 impl Vsock {
@@ -65,7 +71,15 @@ impl Vsock {
         }
         let listener =
             UdsListener::bind(uds_path).map_err(|source| VsockError::Bind { path: uds_path.to_owned(), source })?;
-        Ok(Self { guest_cid, listener: Some(listener), config: guest_cid.to_le_bytes() })
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::StopEvent)?;
+        Ok(Self { guest_cid, listener: Some(listener), config: guest_cid.to_le_bytes(), stop })
+    }
+
+    /// The event that stops the device once the VM has stopped: its worker closes every host
+    /// connection and the listener. Before activation there is no worker, and the listener
+    /// goes with the device.
+    pub fn stopper(&self) -> Result<EventFd, VsockError> {
+        self.stop.try_clone().map_err(VsockError::StopEvent)
     }
 
     pub fn guest_cid(&self) -> u64 {
@@ -105,7 +119,9 @@ impl VirtioDevice for Vsock {
         let queues: [ActiveQueue; 3] =
             queues.try_into().map_err(|_| fail(format!("{count} queues ready, need rx, tx and event")))?;
         let listener = self.listener.take().ok_or_else(|| fail("already activated".into()))?;
-        let worker = Worker::new(mem, queues, listener, interrupt, self.guest_cid).map_err(|e| fail(e.to_string()))?;
+        let stop = self.stop.try_clone().map_err(|e| fail(format!("stop event: {e}")))?;
+        let worker =
+            Worker::new(mem, queues, listener, interrupt, self.guest_cid, stop).map_err(|e| fail(e.to_string()))?;
         std::thread::Builder::new()
             .name("virtio-vsock".into())
             .spawn(move || worker.run())
