@@ -59,33 +59,72 @@ if "$MICROVM_BIN" check >&2; then
   done
 else
   echo "tests/run.sh: no hardware KVM here: guests boot in the nested bed" >&2
-  # One L1 boot per test binary. L1 (QEMU TCG emulating SVM, kvm-amd inside) dies now and
-  # then in the middle of a run (vng exits 255 with no kernel warning logged and no test
-  # failed before), or hangs for good with no message (nested.sh --timeout stops it): the
-  # emulator, not a test. Such a run says nothing about the tests, so that binary runs again
-  # in a fresh L1, up to three times in all; its last run counts.
-  # Each attempt's watchdog is 900 s (the longest binary takes about 370 s) or what is left
-  # of the budget, whichever is less; no attempt starts with under 4 minutes left.
+  # Two lanes, one per host core, each taking the next test binary from one queue and
+  # running it in an L1 of its own with one vCPU (tests/bed/README.md, "Choosing the bed's
+  # configuration": an L1 with two vCPUs crashes or freezes under TCG every few hundred
+  # guests; two one-vCPU L1s did not, at the same throughput). Each binary's output is
+  # printed whole when it ends, so the two lanes' outputs do not interleave. l1-inputs.sh
+  # gives each L1 its own copies of the binary, kernel and agent (9p has no page cache).
+  #
+  # L1 may still die in the middle of a binary (vng exits 255 with no test failed before)
+  # or hang for good (nested.sh --timeout stops it): the emulator, not a test. Such a run
+  # says nothing about the tests, so that binary runs again in a fresh L1, up to three
+  # times in all; its last run counts. Each attempt's watchdog is 900 s (the longest binary
+  # takes about 400 s) or what is left of the budget, whichever is less; no attempt starts
+  # with under 4 minutes left.
+  # The queue holds the longest binaries first (their times with one L1 vCPU, 2026-12-05:
+  # sandbox 270 s, run 165 s, oci 127 s, podman 88 s, docker 84 s, boot 54 s), so that the
+  # two lanes end close together; a binary not in this list goes last.
+  queue=$LOGS/queue
   for t in "${GUEST_TESTS[@]}"; do
+    name=$(basename "$t"); name=${name%-*}
+    rank=9
+    for r in sandbox:1 run:2 oci:3 podman:4 docker:5 boot:6; do
+      [ "${r%:*}" = "$name" ] && rank=${r#*:}
+    done
+    printf '%s %s\n' "$rank" "$t"
+  done | sort -n | cut -d' ' -f2- > "$queue"
+  next_binary() {
+    flock "$queue" sh -c 'head -n 1 "$1"; sed -i 1d "$1"' _ "$queue"
+  }
+  run_binary() { # run_binary TEST_BINARY LANE: its status goes to $LOGS/status.NAME
+    local t=$1 lane=$2 name attempt left s=0 log
     name=$(basename "$t")
-    : > "$LOGS/attempt.log"
+    log=$LOGS/attempt.$lane
     for attempt in 1 2 3; do
       left=$((BUDGET - SECONDS))
       if [ "$left" -lt 240 ]; then
-        echo "tests/run.sh: ${left} s left of the ${BUDGET} s budget: ${name%-*} not run (attempt $attempt)" >&2
+        echo "tests/run.sh: ${left} s left of the ${BUDGET} s budget: ${name%-*} not run (attempt $attempt)" > "$log"
         s=124
         break
       fi
-      step "guest tests: ${name%-*}, attempt $attempt"
-      tests/bed/nested.sh --console-errors --timeout $((left < 900 ? left : 900)) -- "$t" --test-threads=2 2>&1 | tee "$LOGS/attempt.log"
-      s=${PIPESTATUS[0]}
-      if [ "$s" = 125 ] && [ "$attempt" != 3 ] && grep -q "^nested.sh: L1 died while COMMAND was running" "$LOGS/attempt.log"; then
-        echo "tests/run.sh: the nested bed's L1 died (not a test failure): running ${name%-*} again" >&2
+      step "guest tests: ${name%-*}, attempt $attempt (lane $lane)"
+      tests/bed/nested.sh --cpus 1 --console-errors --timeout $((left < 900 ? left : 900)) -- \
+        tests/bed/l1-inputs.sh "$t" --test-threads=2 > "$log" 2>&1
+      s=$?
+      if [ "$s" = 125 ] && [ "$attempt" != 3 ] && grep -q "^nested.sh: L1 died while COMMAND was running" "$log"; then
+        echo "tests/run.sh: the nested bed's L1 died (not a test failure): running ${name%-*} again" >> "$log"
+        flock "$LOGS/guest.log" cat "$log"
         continue
       fi
       break
     done
-    cat "$LOGS/attempt.log" >> "$LOGS/guest.log"
+    echo "$s" > "$LOGS/status.$name"
+    step "guest tests: ${name%-*} ended with status $s (lane $lane)"
+    flock "$LOGS/guest.log" sh -c 'cat "$1"; cat "$1" >> "$2"' _ "$log" "$LOGS/guest.log"
+  }
+  lane() {
+    local t
+    while t=$(next_binary) && [ -n "$t" ]; do
+      run_binary "$t" "$1"
+    done
+  }
+  lane 1 & lane1=$!
+  sleep 5 # the two L1s start a little apart: both at once slows each L1's boot
+  lane 2
+  wait "$lane1"
+  for t in "${GUEST_TESTS[@]}"; do
+    s=$(cat "$LOGS/status.$(basename "$t")" 2>/dev/null || echo 1)
     [ "$s" = 0 ] || guest_status=$s
   done
 fi
@@ -102,7 +141,7 @@ if [ "$guest_ran" -lt "${#GUEST_TESTS[@]}" ]; then
 fi
 retried=$(grep -c '^microvm-test-retry:' "$LOGS/guest.log" || true)
 if [ "$retried" -gt 0 ]; then
-  echo "tests/run.sh: $retried guest boot(s) triple-faulted before the agent answered and ran again (nested bed only; tests/guest/src/lib.rs):" >&2
+  echo "tests/run.sh: $retried guest run(s) triple-faulted in the emulator and ran again (nested bed only; tests/guest/src/lib.rs):" >&2
   grep '^microvm-test-retry:' "$LOGS/guest.log" >&2
 fi
 echo "$passed passed, $failed failed (in $SECONDS s)"

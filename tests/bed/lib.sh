@@ -1,22 +1,27 @@
 # shellcheck shell=bash
 # Helpers shared by setup.sh and nested.sh (sourced, not executed).
 
-# bed_find_kernel: print the newest installed Debian 6.1 kernel image
-# (/boot/vmlinuz-6.1.0-N-amd64) whose modules are installed; the L1 VM needs
-# kvm-amd from /lib/modules/VERSION. MICROVM_BED_KERNEL overrides.
+# bed_find_kernel: print the L1 kernel image: the newest installed Debian 6.12 image
+# (/boot/vmlinuz-6.12.N+deb12-amd64, from bookworm's own archive) whose modules are
+# installed, else the newest such 6.1 image (/boot/vmlinuz-6.1.0-N-amd64); the L1 VM needs
+# kvm-amd from /lib/modules/VERSION. 6.12 is the default for its steadiness under the
+# emulator (README.md, "Choosing the bed's configuration"). MICROVM_BED_KERNEL overrides.
 bed_find_kernel() {
 	if [[ -n ${MICROVM_BED_KERNEL:-} ]]; then
 		printf '%s\n' "$MICROVM_BED_KERNEL"
 		return 0
 	fi
-	local img ver best=''
-	# shellcheck disable=SC2046 # image names have no spaces
-	for img in $(printf '%s\n' /boot/vmlinuz-6.1.0-*-amd64 | sort -V); do
-		ver=${img#/boot/vmlinuz-}
-		[[ -f /lib/modules/$ver/modules.dep ]] && best=$img
+	local series img ver best
+	for series in '6.12.*+deb12' '6.1.0-*'; do
+		best=''
+		# shellcheck disable=SC2046 # image names have no spaces
+		for img in $(printf '%s\n' /boot/vmlinuz-$series-amd64 | sort -V); do
+			ver=${img#/boot/vmlinuz-}
+			[[ -f /lib/modules/$ver/modules.dep ]] && best=$img
+		done
+		[[ -n $best ]] && { printf '%s\n' "$best"; return 0; }
 	done
-	[[ -n $best ]] || return 1
-	printf '%s\n' "$best"
+	return 1
 }
 
 # bed_find_vng: print the absolute path of the real `vng` script (not a pyenv

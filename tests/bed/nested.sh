@@ -6,9 +6,9 @@
 #   tests/bed/nested.sh [options] -- COMMAND [ARG...]
 #
 # Options:
-#   --cpus N          L1 vCPUs (default 2)
-#   --kernel IMAGE    L1 kernel image (default: the newest /boot/vmlinuz-6.1.0-*-amd64, or
-#                     $MICROVM_BED_KERNEL); its modules must be in /lib/modules
+#   --cpus N          L1 vCPUs (default 1: the steady configuration, README.md)
+#   --kernel IMAGE    L1 kernel image (default: $MICROVM_BED_KERNEL, else the newest
+#                     /boot/vmlinuz-6.12.*+deb12-amd64, else 6.1); its modules must be in /lib/modules
 #   --append ARGS     more of L1's kernel command line (module options such as
 #                     kvm_amd.vgif=0 apply when udev loads the module)
 #   --memory SIZE     L1 memory, QEMU syntax (default 4G)
@@ -45,7 +45,7 @@ source "$here/lib.sh"
 die() { echo "nested.sh: $*" >&2; exit 125; }
 usage() { sed -n "2,37s/^# \\{0,1\\}//p" "${BASH_SOURCE[0]}" >&2; exit "${1:-2}"; }
 
-cpus=2 memory=4G verbose='' timing='' repo_rw=1 errors_only= limit= append=
+cpus=1 memory=4G verbose='' timing='' repo_rw=1 errors_only= limit= append=
 rwdirs=() extra_env=()
 while (($#)); do
 	case $1 in
@@ -68,7 +68,7 @@ while (($#)); do
 done
 (($#)) || usage
 
-kernel=$(bed_find_kernel) || die "no /boot/vmlinuz-6.1.0-*-amd64 with modules: run tests/bed/setup.sh"
+kernel=$(bed_find_kernel) || die "no Debian 6.12 or 6.1 kernel with modules in /boot: run tests/bed/setup.sh"
 vng=$(bed_find_vng) || die "vng (virtme-ng) not found: run tests/bed/setup.sh"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: run tests/bed/setup.sh"
 

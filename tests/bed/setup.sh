@@ -30,12 +30,13 @@ for pkg in qemu-system-x86 busybox-static cpio file kmod erofs-utils podman runc
 	pkg_installed "$pkg" || missing+=("$pkg")
 done
 
-# L1 kernel: Debian's 6.1 image (its kvm-amd module gives L1 a real /dev/kvm).
-if ! kernel=$(bed_find_kernel); then
+# L1 kernel: Debian 12's own 6.12 image (bookworm-security; its kvm-amd module gives L1 a
+# real /dev/kvm, and it runs steadier under the emulator than 6.1: tests/bed/README.md).
+if ! kernel=$(bed_find_kernel) || [[ $kernel != /boot/vmlinuz-6.12.* && -z ${MICROVM_BED_KERNEL:-} ]]; then
 	apt_update
-	kpkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' |
+	kpkg=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' |
 		awk '{print $1}' | sort -V | tail -n1)
-	[[ -n $kpkg ]] || { echo "setup.sh: no linux-image-6.1.0-*-amd64-unsigned in apt" >&2; exit 1; }
+	[[ -n $kpkg ]] || { echo "setup.sh: no linux-image-6.12.*+deb12-amd64-unsigned in apt" >&2; exit 1; }
 	missing+=("$kpkg")
 fi
 
@@ -59,7 +60,7 @@ if ((${#missing[@]})); then
 	apt_update
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-kernel=$(bed_find_kernel) || { echo "setup.sh: no usable /boot/vmlinuz-6.1.0-*-amd64" >&2; exit 1; }
+kernel=$(bed_find_kernel) || { echo "setup.sh: no usable /boot/vmlinuz-6.12.*+deb12-amd64" >&2; exit 1; }
 
 if [[ -z $vng ]]; then
 	pipflags=(install --quiet --disable-pip-version-check --root-user-action=ignore --no-warn-script-location)
