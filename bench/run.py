@@ -16,6 +16,9 @@
       read where they lie (the bed's 9p share) against copies in L1's memory (/run, what
       tests/bed/l1-inputs.sh does for the guest tests), interleaved, median of 10 each: VMM
       setup, boot to agent ready, wall.
+  bench/run.py versions MICROVM_BEFORE MICROVM_AFTER KERNEL AGENT BUSYBOX_ROOTFS
+      (inside tests/bed/nested.sh) the same figures for two builds of microvm (before and
+      after a change), all inputs in L1's memory, interleaved, median of 10 each.
 """
 import os
 import shutil
@@ -102,29 +105,48 @@ def phases_of(stderr):
 
 def inputs(microvm, kernel, agent, busybox):
     with tempfile.TemporaryDirectory(dir="/run") as d:
-        local = os.path.join(d, "rootfs")
-        shutil.copytree(busybox, local, symlinks=True)
         os.makedirs(os.path.join(d, "bin"))
-        copies = {"9p share": (microvm, kernel, agent),
-                  "L1 memory": tuple(shutil.copy(f, os.path.join(d, "bin", os.path.basename(f)))
-                                     for f in (microvm, kernel, agent))}
-        env = dict(os.environ, MICROVM_CACHE=os.path.join(d, "cache"),
-                   MICROVM_RUNTIME_DIR=os.path.join(d, "run"), MICROVM_TIMINGS="1")
-        subprocess.run([microvm, "run", "--kernel", kernel, "--agent", agent, local, "--", "true"],
-                       env=env, check=True, capture_output=True)  # pack once
-        got = {w: {"setup": [], "boot_to_agent": [], "wall": []} for w in copies}
-        for _ in range(10):
-            for way, (binary, k, a) in copies.items():
-                ms, p = timed([binary, "run", "--kernel", k, "--agent", a, local, "--", "true"],
-                              env=env, capture_output=True, text=True)
-                assert p.returncode == 0, p.stderr
-                t = phases_of(p.stderr)
-                got[way]["setup"].append(t["first_kvm_run"])
-                got[way]["boot_to_agent"].append(t["agent_ready"] - t["first_kvm_run"])
-                got[way]["wall"].append(ms)
-        for way, ph in got.items():
-            print(f"run <busybox> true, inputs on the {way}, median of 10: "
-                  + ", ".join(f"{k} {statistics.median(v):.0f} ms" for k, v in ph.items()))
+        ways = {"9p share": (microvm, kernel, agent),
+                "L1 memory": tuple(shutil.copy(f, os.path.join(d, "bin", os.path.basename(f)))
+                                   for f in (microvm, kernel, agent))}
+        for way, phases in interleaved(ways, busybox, d).items():
+            print(f"run <busybox> true, inputs on the {way}, median of 10: " + phases)
+
+
+def versions(before, after, kernel, agent, busybox):
+    with tempfile.TemporaryDirectory(dir="/run") as d:
+        os.makedirs(os.path.join(d, "bin"))
+        k, a = (shutil.copy(f, os.path.join(d, "bin", os.path.basename(f))) for f in (kernel, agent))
+        ways = {}
+        for name, binary in (("before", before), ("after", after)):
+            os.makedirs(os.path.join(d, name))
+            ways[name] = (shutil.copy(binary, os.path.join(d, name, "microvm")), k, a)
+        for way, phases in interleaved(ways, busybox, d).items():
+            print(f"run <busybox> true, {way} ({ways[way][0]}), median of 10: " + phases)
+
+
+def interleaved(ways, busybox, d):
+    """Runs `run <busybox> true` 10 times with each way's (binary, kernel, agent), in turn, so
+    that all see the same machine state; returns each way's median phases as text."""
+    local = os.path.join(d, "rootfs")
+    shutil.copytree(busybox, local, symlinks=True)
+    env = dict(os.environ, MICROVM_CACHE=os.path.join(d, "cache"),
+               MICROVM_RUNTIME_DIR=os.path.join(d, "run"), MICROVM_TIMINGS="1")
+    first = next(iter(ways.values()))
+    subprocess.run([first[0], "run", "--kernel", first[1], "--agent", first[2], local, "--", "true"],
+                   env=env, check=True, capture_output=True)  # pack once
+    got = {w: {"setup": [], "boot_to_agent": [], "wall": []} for w in ways}
+    for _ in range(10):
+        for way, (binary, k, a) in ways.items():
+            ms, p = timed([binary, "run", "--kernel", k, "--agent", a, local, "--", "true"],
+                          env=env, capture_output=True, text=True)
+            assert p.returncode == 0, p.stderr
+            t = phases_of(p.stderr)
+            got[way]["setup"].append(t["first_kvm_run"])
+            got[way]["boot_to_agent"].append(t["agent_ready"] - t["first_kvm_run"])
+            got[way]["wall"].append(ms)
+    return {way: ", ".join(f"{k} {statistics.median(v):.0f} ms" for k, v in ph.items())
+            for way, ph in got.items()}
 
 
 if __name__ == "__main__":
@@ -134,5 +156,7 @@ if __name__ == "__main__":
         run(*sys.argv[2:])
     elif len(sys.argv) == 6 and sys.argv[1] == "inputs":
         inputs(*sys.argv[2:])
+    elif len(sys.argv) == 7 and sys.argv[1] == "versions":
+        versions(*sys.argv[2:])
     else:
         raise SystemExit(__doc__)

@@ -35,7 +35,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable};
 
-use arch::x86_64::{boot, layout::EBDA_START, mptable};
+use arch::x86_64::{boot, cpuid, layout::EBDA_START, mptable};
 use config::{Console, VmConfig};
 use devices::boot_timer::BootTimer;
 use devices::serial::{ConsoleWriter, IrqTrigger, PanicLine, Serial, COM1_IRQ};
@@ -200,8 +200,9 @@ impl Vmm {
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(VmmError::Cpuid)?;
+        let extras = cpuid::Extras { tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) };
         let vcpus = (0..config.vcpus)
-            .map(|i| Vcpu::new(&vm, i, config.vcpus, &supported))
+            .map(|i| Vcpu::new(&vm, i, config.vcpus, &supported, extras))
             .collect::<Result<Vec<_>, _>>()?;
         vcpus[0].setup_boot(&mem, &kernel)?;
 

@@ -42,6 +42,16 @@ fn echo_prints_and_exit_codes_come_back() {
     case.assert_nothing_left();
 }
 
+/// The VMM offers the local APIC's TSC-deadline mode (KVM emulates it but leaves it out of
+/// its supported CPUID), so the guest kernel skips calibrating the APIC timer at boot.
+#[test]
+fn the_guest_cpu_has_the_tsc_deadline_timer() {
+    let case = Case::new("tscdl");
+    let out = case.run("rootfs-busybox", &[], &["grep", "-c", "tsc_deadline_timer", "/proc/cpuinfo"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    case.assert_nothing_left();
+}
+
 #[test]
 fn missing_and_non_executable_commands_are_127_and_126() {
     let case = Case::new("127");

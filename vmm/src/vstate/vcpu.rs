@@ -61,12 +61,12 @@ pub struct Vcpu {
 
 impl Vcpu {
     /// Creates vCPU `index` of `count` with its CPUID, MSRs and local APIC set.
-    pub fn new(vm: &VmFd, index: u8, count: u8, supported: &CpuId) -> Result<Self, VcpuError> {
+    pub fn new(vm: &VmFd, index: u8, count: u8, supported: &CpuId, extras: cpuid::Extras) -> Result<Self, VcpuError> {
         let kvm_err = |op| move |source| VcpuError::Kvm { index, op, source };
         let regs_err = |source| VcpuError::Regs { index, source };
         let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("CREATE_VCPU"))?;
         let mut cpuid = supported.clone();
-        cpuid::filter(cpuid.as_mut_slice(), index, count);
+        cpuid::filter(cpuid.as_mut_slice(), index, count, extras);
         fd.set_cpuid2(&cpuid).map_err(kvm_err("SET_CPUID2"))?;
         regs::setup_msrs(&fd).map_err(regs_err)?;
         regs::setup_lapic(&fd).map_err(regs_err)?;
