@@ -1,14 +1,27 @@
 //! A sandbox's runtime directory (its vsock socket, initramfs, console log), removed with
 //! everything in it when the run ends, however it ends short of SIGKILL.
+//!
+//! Its owner holds an exclusive flock(2) on the directory's `.lock` for its whole life. The
+//! kernel drops the lock when the owner dies, SIGKILL included, so a directory whose lock can
+//! be taken was left by a dead run: `create` removes it and takes the name (runc's users
+//! expect a name to be free again once its container is gone). The directory is built under
+//! a temporary name with the lock already held and renamed into place, so no directory ever
+//! stands under its real name without a live lock, and two runs racing for a name cannot
+//! both win it.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use std::os::fd::AsRawFd;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 /// Longest sandbox name, as runc bounds container ids.
 const MAX_NAME: usize = 64;
+
+/// The file whose flock(2) its owner holds (see the module's documentation).
+const LOCK_FILE: &str = ".lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -26,6 +39,8 @@ pub struct SandboxDir {
     /// is a mount point and cannot be removed by its path, but through this handle on the
     /// real parent it can.
     parent: Option<OwnedFd>,
+    /// The lock file, locked: the lock goes when this file is closed or the process dies.
+    _lock: std::fs::File,
 }
 
 impl SandboxDir {
@@ -42,11 +57,38 @@ impl SandboxDir {
         std::fs::create_dir_all(&base).map_err(|source| SandboxError::Create { path: base.clone(), source })?;
         let dir = base.join(&name);
         let parent = nix::fcntl::open(&base, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok();
-        match std::fs::create_dir(&dir) {
-            Ok(()) => Ok(Self { path: dir, parent }),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(SandboxError::Exists(name, dir)),
-            Err(source) => Err(SandboxError::Create { path: dir, source }),
+        let create_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SandboxError::Create { path, source }
+        };
+        // Two tries: the second after removing a directory left by a dead run.
+        for _ in 0..2 {
+            let new = base.join(format!(".new-{name}-{}-{}", std::process::id(), nanos()));
+            std::fs::create_dir(&new).map_err(create_err(&new))?;
+            let lock = match lock_new(&new) {
+                Ok(lock) => lock,
+                Err(source) => {
+                    let _ = std::fs::remove_dir_all(&new);
+                    return Err(SandboxError::Create { path: new, source });
+                }
+            };
+            // rename(2) replaces an empty directory but never one with files, such as a
+            // live sandbox's (it holds its .lock).
+            match std::fs::rename(&new, &dir) {
+                Ok(()) => return Ok(Self { path: dir, parent, _lock: lock }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    let _ = std::fs::remove_dir_all(&new);
+                    if !remove_if_abandoned(&base, &dir) {
+                        return Err(SandboxError::Exists(name, dir));
+                    }
+                }
+                Err(source) => {
+                    let _ = std::fs::remove_dir_all(&new);
+                    return Err(SandboxError::Create { path: dir, source });
+                }
+            }
         }
+        Err(SandboxError::Exists(name, dir))
     }
 
     pub fn path(&self) -> &Path {
@@ -83,6 +125,42 @@ impl SandboxDir {
             let _ = std::fs::remove_dir(&self.path);
         }
     }
+}
+
+/// Creates `dir`/.lock and takes its lock.
+fn lock_new(dir: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::File::create(dir.join(LOCK_FILE))?;
+    try_lock(&file)?;
+    Ok(file)
+}
+
+/// Takes an exclusive flock(2) on `file`, without waiting. Not nix's `Flock`: its drop calls
+/// flock(LOCK_UN), a call the VMM's seccomp filters do not allow and need not; closing the
+/// file releases the lock as well.
+fn try_lock(file: &std::fs::File) -> std::io::Result<()> {
+    // SAFETY: flock(2) on a descriptor this File owns; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Removes `dir` when the run that made it is dead (its lock can be taken), and says whether
+/// it did. A directory without a lock file is not one of ours to judge, and stays.
+fn remove_if_abandoned(base: &Path, dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    if try_lock(&file).is_err() {
+        return false;
+    }
+    // Moved aside first, under the lock, so that the name is free at once and a second run
+    // reclaiming the same name cannot remove what this one is about to create.
+    let aside = base.join(format!(".stale-{}-{}", std::process::id(), nanos()));
+    let moved = std::fs::rename(dir, &aside).is_ok();
+    drop(file);
+    if moved {
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    moved
 }
 
 fn check_name(name: &str) -> Result<(), SandboxError> {
@@ -122,6 +200,26 @@ mod tests {
         let path = a.path().to_owned();
         drop(a);
         assert!(!path.exists());
+
+        // What a run killed by SIGKILL leaves: its directory and lock file, the lock released
+        // by the kernel. The name is taken back and the old files go.
+        let dead = base.join("two");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(LOCK_FILE), b"").unwrap();
+        std::fs::write(dead.join("console.log"), b"old").unwrap();
+        let b = SandboxDir::create(Some("two")).unwrap();
+        assert!(!b.path().join("console.log").exists());
+        assert!(matches!(SandboxDir::create(Some("two")), Err(SandboxError::Exists(..))));
+        drop(b);
+        // A directory without a lock file is not ours to judge: refused, left as it is.
+        let foreign = base.join("three");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("data"), b"keep").unwrap();
+        assert!(matches!(SandboxDir::create(Some("three")), Err(SandboxError::Exists(..))));
+        assert_eq!(std::fs::read(foreign.join("data")).unwrap(), b"keep");
+        std::fs::remove_dir_all(&foreign).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&base).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -35,8 +35,9 @@ pub struct RunArgs {
     /// Root filesystem: a directory holding the container's files
     #[arg(required_unless_present = "bundle")]
     rootfs: Option<PathBuf>,
-    /// Command and arguments, after `--`
-    #[arg(last = true, required_unless_present = "bundle", value_name = "CMD")]
+    /// Command and arguments: everything after ROOTFS is the command's, as after docker's
+    /// IMAGE (a `--` before it is allowed)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required_unless_present = "bundle", value_name = "CMD")]
     command: Vec<String>,
     /// Run the OCI bundle DIR (config.json and its root) as it is, instead of ROOTFS and CMD;
     /// the container flags below do not apply then

@@ -250,6 +250,48 @@ fn two_runs_at_once_do_not_interfere_and_a_name_in_use_is_refused() {
     case.assert_nothing_left();
 }
 
+/// As with docker's IMAGE, everything after ROOTFS is the command, options included.
+#[test]
+fn the_command_may_follow_the_rootfs_without_a_separator() {
+    let case = Case::new("nosep");
+    let out = case
+        .microvm()
+        .timeout(LIMIT)
+        .arg("run")
+        .arg("--kernel")
+        .arg(test_support::input("MICROVM_KERNEL_DIR").join("vmlinux"))
+        .arg(suite().rootfs.join("rootfs-busybox"))
+        .args(["sh", "-c", "echo -n $0; exit 7", "--name"])
+        .run();
+    assert_eq!((out.code, out.stdout.as_str()), (Some(7), "--name"), "{out:?}");
+    case.assert_nothing_left();
+}
+
+/// A run killed by SIGKILL cannot clean up; the next run under its name takes the name back
+/// (the dead run's lock is gone) instead of failing on "already exists".
+#[test]
+fn a_name_left_by_a_killed_run_is_taken_back() {
+    let case = Case::new("phoenix");
+    let mut first = case
+        .command("rootfs-busybox", &["--name", "phoenix"], &["sh", "-c", "echo up; sleep 600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _limit = KillAfter::new(first.id(), LIMIT, "microvm run");
+    let mut up = [0u8; 3];
+    std::io::Read::read_exact(first.stdout.as_mut().unwrap(), &mut up).unwrap();
+    assert_eq!(&up, b"up\n");
+    assert!(Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap().success());
+    let status = first.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    assert!(case.runtime.0.join("phoenix").exists(), "SIGKILL left no directory to reclaim");
+
+    let out = case.run("rootfs-busybox", &["--name", "phoenix"], &["echo", "again"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "again\n"), "{out:?}");
+    case.assert_nothing_left();
+}
+
 #[test]
 fn a_second_sigterm_kills_the_vm_when_the_process_ignores_the_first() {
     let case = Case::new("force");
