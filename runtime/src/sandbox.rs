@@ -9,10 +9,8 @@
 //! stands under its real name without a live lock, and two runs racing for a name cannot
 //! both win it.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-
-use std::os::fd::AsRawFd;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -57,35 +55,22 @@ impl SandboxDir {
         std::fs::create_dir_all(&base).map_err(|source| SandboxError::Create { path: base.clone(), source })?;
         let dir = base.join(&name);
         let parent = nix::fcntl::open(&base, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok();
-        let create_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SandboxError::Create { path, source }
-        };
         // Two tries: the second after removing a directory left by a dead run.
         for _ in 0..2 {
             let new = base.join(format!(".new-{name}-{}-{}", std::process::id(), nanos()));
-            std::fs::create_dir(&new).map_err(create_err(&new))?;
-            let lock = match lock_new(&new) {
-                Ok(lock) => lock,
-                Err(source) => {
-                    let _ = std::fs::remove_dir_all(&new);
-                    return Err(SandboxError::Create { path: new, source });
-                }
-            };
+            let lock = new_locked_dir(&new).map_err(|source| SandboxError::Create { path: new.clone(), source })?;
             // rename(2) replaces an empty directory but never one with files, such as a
             // live sandbox's (it holds its .lock).
-            match std::fs::rename(&new, &dir) {
-                Ok(()) => return Ok(Self { path: dir, parent, _lock: lock }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                    let _ = std::fs::remove_dir_all(&new);
-                    if !remove_if_abandoned(&base, &dir) {
-                        return Err(SandboxError::Exists(name, dir));
-                    }
-                }
-                Err(source) => {
-                    let _ = std::fs::remove_dir_all(&new);
-                    return Err(SandboxError::Create { path: dir, source });
-                }
+            let Err(e) = std::fs::rename(&new, &dir) else {
+                return Ok(Self { path: dir, parent, _lock: lock });
+            };
+            let _ = std::fs::remove_dir_all(&new);
+            let taken = e.kind() == std::io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ENOTEMPTY);
+            if !taken {
+                return Err(SandboxError::Create { path: dir, source: e });
+            }
+            if !remove_if_abandoned(&base, &dir) {
+                return Err(SandboxError::Exists(name, dir));
             }
         }
         Err(SandboxError::Exists(name, dir))
@@ -127,11 +112,14 @@ impl SandboxDir {
     }
 }
 
-/// Creates `dir`/.lock and takes its lock.
-fn lock_new(dir: &Path) -> std::io::Result<std::fs::File> {
-    let file = std::fs::File::create(dir.join(LOCK_FILE))?;
-    try_lock(&file)?;
-    Ok(file)
+/// Creates `dir` with its .lock, locked; on failure nothing of it stays.
+fn new_locked_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir(dir)?;
+    let locked = std::fs::File::create(dir.join(LOCK_FILE)).and_then(|file| try_lock(&file).map(|()| file));
+    if locked.is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    locked
 }
 
 /// Takes an exclusive flock(2) on `file`, without waiting. Not nix's `Flock`: its drop calls

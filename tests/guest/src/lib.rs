@@ -121,8 +121,8 @@ impl Case {
 /// In the nested bed (QEMU's emulated SVM under L1's KVM) a guest now and then triple-faults,
 /// mostly while it boots, before its agent answers or the smoke init runs, and then and again
 /// under a running container (the runtime says so since the VMM closes the agent's connections
-/// when the guest stops): about one boot in a few hundred, with nothing on the console and the registers KVM leaves after an SVM shutdown
-/// (the reset state, rip=0xfff0). The same emulator has been seen to crash L1's own kernel
+/// when the guest stops): about one boot in a few hundred, with nothing on the console and the
+/// registers KVM leaves after an SVM shutdown (the reset state, rip=0xfff0). The same emulator has been seen to crash L1's own kernel
 /// (a page fault on a %gs access right after a VM exit: L2's GS base left in L1) and to lock
 /// up both of L1's CPUs, so the fault is taken for the emulator's; the cause is not known.
 /// Such a boot is tried once more, and only there: on hardware KVM a triple fault is a failure

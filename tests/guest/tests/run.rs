@@ -18,6 +18,23 @@ use test_support::{run_in_pty, KillAfter};
 /// under emulation): past it the run is killed and the test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(300);
 
+/// Starts `microvm run` with piped stdio and waits until the command has written `first`, its
+/// first bytes: the guest is up and the command running. The run is killed if it outlives
+/// LIMIT (the guard returned).
+fn start_until(case: &Case, extra: &[&str], cmd: &[&str], first: &[u8]) -> (std::process::Child, KillAfter) {
+    let mut child = case
+        .command("rootfs-busybox", extra, cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limit = KillAfter::new(child.id(), LIMIT, "microvm run");
+    let mut got = vec![0u8; first.len()];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut got).unwrap();
+    assert_eq!(got, first);
+    (child, limit)
+}
+
 #[test]
 fn echo_prints_and_exit_codes_come_back() {
     let case = Case::new("echo");
@@ -214,20 +231,12 @@ fn tty_gives_a_pts_of_the_host_terminal_size() {
 #[test]
 fn two_runs_at_once_do_not_interfere_and_a_name_in_use_is_refused() {
     let case = Case::new("two");
-    let mut first = case
-        .command(
-            "rootfs-busybox",
-            &["--name", "busy", "--init"],
-            &["sh", "-c", "echo first-up; sleep 30; echo first-done"],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _limit = KillAfter::new(first.id(), LIMIT, "microvm run");
-    let mut line = [0u8; 9];
-    std::io::Read::read_exact(first.stdout.as_mut().unwrap(), &mut line).unwrap();
-    assert_eq!(&line, b"first-up\n");
+    let (mut first, _limit) = start_until(
+        &case,
+        &["--name", "busy", "--init"],
+        &["sh", "-c", "echo first-up; sleep 30; echo first-done"],
+        b"first-up\n",
+    );
 
     // Same name: its socket path is taken; refused without touching the running one.
     let out = case.run("rootfs-busybox", &["--name", "busy"], &["true"]);
@@ -272,16 +281,7 @@ fn the_command_may_follow_the_rootfs_without_a_separator() {
 #[test]
 fn a_name_left_by_a_killed_run_is_taken_back() {
     let case = Case::new("phoenix");
-    let mut first = case
-        .command("rootfs-busybox", &["--name", "phoenix"], &["sh", "-c", "echo up; sleep 600"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _limit = KillAfter::new(first.id(), LIMIT, "microvm run");
-    let mut up = [0u8; 3];
-    std::io::Read::read_exact(first.stdout.as_mut().unwrap(), &mut up).unwrap();
-    assert_eq!(&up, b"up\n");
+    let (mut first, _limit) = start_until(&case, &["--name", "phoenix"], &["sh", "-c", "echo up; sleep 600"], b"up\n");
     assert!(Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap().success());
     let status = first.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
@@ -295,24 +295,12 @@ fn a_name_left_by_a_killed_run_is_taken_back() {
 #[test]
 fn a_second_sigterm_kills_the_vm_when_the_process_ignores_the_first() {
     let case = Case::new("force");
-    let mut child = case
-        .command(
-            "rootfs-busybox",
-            &[],
-            &[
-                "sh",
-                "-c",
-                "trap '' TERM; echo up; while :; do sleep 1; done",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _limit = KillAfter::new(child.id(), LIMIT, "microvm run");
-    let mut up = [0u8; 3];
-    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut up).unwrap();
-    assert_eq!(&up, b"up\n");
+    let (child, _limit) = start_until(
+        &case,
+        &[],
+        &["sh", "-c", "trap '' TERM; echo up; while :; do sleep 1; done"],
+        b"up\n",
+    );
     let term = || {
         assert!(Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
