@@ -136,6 +136,8 @@ mod ioctls {
 
 /// What every thread of a Rust program does: memory, locks, time, signals returning, exiting,
 /// and the calls std makes when a thread ends or a panic aborts (tgkill for SIGABRT).
+/// restart_syscall: the kernel's own call to resume a sleep (clock_nanosleep, poll, futex
+/// with a timeout) that a caught signal interrupted, such as SIGUSR2's report.
 const BASE: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
@@ -148,6 +150,7 @@ const BASE: &[i64] = &[
     libc::SYS_mprotect,
     libc::SYS_brk,
     libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
     libc::SYS_sched_yield,
