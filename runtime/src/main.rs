@@ -12,6 +12,7 @@ mod sandbox;
 mod session;
 mod spec;
 mod tty;
+mod user_net;
 mod vm;
 
 use std::process::ExitCode;

@@ -36,6 +36,8 @@ pub struct VmSpec<'a> {
     /// jail keeps it and nothing else.
     pub dir: &'a Path,
     pub confinement: &'a ConfinementArgs,
+    /// eth0's backend (see user_net); none: the guest has no network card.
+    pub network: Option<std::sync::Arc<std::os::unix::net::UnixStream>>,
 }
 
 /// A VM running on a thread of this process.
@@ -110,6 +112,12 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         guest_cid: GUEST_CID,
         uds_path: uds.clone(),
     });
+
+    if let Some(backend) = &spec.network {
+        config.nets = vec![vmm::config::NetConfig { mac: crate::user_net::GUEST_MAC, backend: backend.clone() }];
+        config.cmdline.push(' ');
+        config.cmdline.push_str(&crate::user_net::kernel_ip_param());
+    }
 
     config.seccomp = spec.confinement.seccomp.into();
     let vmm = Vmm::boot(&config, start)?;

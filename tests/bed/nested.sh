@@ -108,6 +108,9 @@ trap 'exit 129' HUP
 	echo ': > "$share/started"'
 	# udev usually has kvm-amd loaded already; make sure of it.
 	echo 'modprobe kvm-amd 2>/dev/null || modprobe kvm-intel 2>/dev/null'
+	# L1 has no network card; a dummy one with the default route stands in for a host's
+	# uplink, which `microvm run --network user` (passt) needs. 192.0.2.0/24 is TEST-NET-1.
+	echo 'ip link add uplink0 type dummy && ip addr add 192.0.2.1/24 dev uplink0 && ip link set uplink0 up && ip route add default via 192.0.2.254'
 	# L1's kernel log, kept on the share: if L1 dies, its last lines say why.
 	echo '(dmesg --follow --level=emerg,alert,crit,err,warn >"$share/dmesg" 2>&1 &)'
 	# A process snapshot every 30 s: if the watchdog stops L1, its age tells whether L1

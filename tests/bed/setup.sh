@@ -23,10 +23,12 @@ pkg_installed() {
 # Debian packages: QEMU (TCG emulates AMD SVM for L1), a busybox for vng's
 # initramfs, cpio, file and kmod (vng calls `file` and `modprobe` on the host),
 # erofs-utils (mkfs.erofs: `microvm run` packs root filesystems with it), podman and
-# runc (the OCI runtime tests drive microvm through podman, and compare with runc), and
-# docker.io (tests/guest/tests/docker.rs starts a dockerd and containerd of its own).
+# runc (the OCI runtime tests drive microvm through podman, and compare with runc),
+# docker.io (tests/guest/tests/docker.rs starts a dockerd and containerd of its own), passt
+# (`microvm run --network user`, the default) and iptables (the network tests check that
+# INPUT rules filter published ports).
 missing=()
-for pkg in qemu-system-x86 busybox-static cpio file kmod erofs-utils podman runc docker.io; do
+for pkg in qemu-system-x86 busybox-static cpio file kmod erofs-utils podman runc docker.io passt iptables; do
 	pkg_installed "$pkg" || missing+=("$pkg")
 done
 

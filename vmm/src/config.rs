@@ -39,6 +39,15 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A virtio-net card whose frames travel over `backend`, a connected Unix stream socket
+/// speaking the length-prefixed protocol of QEMU's `-netdev stream` and passt (see
+/// `devices::virtio::net`).
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub mac: [u8; 6],
+    pub backend: std::sync::Arc<std::os::unix::net::UnixStream>,
+}
+
 /// Most virtio devices: one interrupt line each, from IRQ 5 to IOAPIC pin 23.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 
@@ -52,6 +61,8 @@ pub struct VmConfig {
     pub console: Console,
     pub disks: Vec<DiskConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Network cards, eth0 first.
+    pub nets: Vec<NetConfig>,
     /// Seccomp for the VMM's threads (see [`crate::seccomp`]).
     pub seccomp: crate::seccomp::SeccompMode,
 }
@@ -79,6 +90,7 @@ impl VmConfig {
             console: Console::Stdout,
             disks: Vec::new(),
             vsock: None,
+            nets: Vec::new(),
             seccomp: crate::seccomp::SeccompMode::default(),
         }
     }
@@ -93,7 +105,7 @@ impl VmConfig {
         if self.vcpus == 0 || self.vcpus > MAX_CPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
-        let devices = self.disks.len() + usize::from(self.vsock.is_some());
+        let devices = self.disks.len() + usize::from(self.vsock.is_some()) + self.nets.len();
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }

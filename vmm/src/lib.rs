@@ -6,7 +6,7 @@
 //! 3. allocate guest memory (RAM below the MMIO gap, the rest above 4 GiB);
 //! 4. create the VM with in-kernel PIC/IOAPIC/LAPIC and PIT, and map the memory into it;
 //! 5. create the devices: COM1 console, i8042 reset line, boot timer, and the virtio-mmio
-//!    devices (disks), each declared on the kernel command line;
+//!    devices (disks, vsock, network cards), each declared on the kernel command line;
 //! 6. load the kernel (ELF vmlinux via PVH, or bzImage), the initrd, the command line, the
 //!    boot information and the MP table;
 //! 7. create and configure the vCPUs.
@@ -40,7 +40,7 @@ use config::{Console, VmConfig};
 use devices::boot_timer::BootTimer;
 use devices::serial::{ConsoleWriter, IrqTrigger, PanicLine, Serial, COM1_IRQ};
 use devices::mmio_bus::MmioBus;
-use devices::virtio::{block::Block, mmio::MmioTransport, vsock::Vsock};
+use devices::virtio::{block::Block, mmio::MmioTransport, net::Net, vsock::Vsock};
 use devices::LegacyDevices;
 use exit::{ExitState, VmExit};
 use vstate::dump::DumpState;
@@ -79,6 +79,8 @@ pub enum VmmError {
     Disk(#[from] devices::virtio::block::BlockError),
     #[error(transparent)]
     Vsock(#[from] devices::virtio::vsock::VsockError),
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::NetError),
     #[error(transparent)]
     VirtioTransport(#[from] devices::virtio::mmio::MmioError),
     #[error(transparent)]
@@ -170,6 +172,12 @@ impl Vmm {
             let device = Vsock::new(vsock.guest_cid, &vsock.uds_path)?;
             vsock_stop = Some(device.stopper()?);
             let declaration = mmio.add(MmioTransport::new(Box::new(device), mem.clone())?);
+            config.cmdline.push(' ');
+            config.cmdline.push_str(&declaration);
+        }
+        for net in &config.nets {
+            let socket = net.backend.try_clone().map_err(devices::virtio::net::NetError::Socket)?;
+            let declaration = mmio.add(MmioTransport::new(Box::new(Net::new(net.mac, socket)?), mem.clone())?);
             config.cmdline.push(' ');
             config.cmdline.push_str(&declaration);
         }

@@ -35,6 +35,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
             Some(k) => println!("guest kernel:        {}", k.display()),
             None => println!("guest kernel:        not built (kernel-config/build.sh)"),
         }
+        println!("network (run):       {}", crate::user_net::availability());
     }
     match r.verdict() {
         Ok(()) => {

@@ -587,7 +587,7 @@ fn features() -> anyhow::Result<u8> {
         },
         "annotations": {
             "io.microvm.isolation": "kvm-microvm",
-            "io.microvm.network": "none: the guest has no network device yet; a named network namespace is joined by the VMM process",
+            "io.microvm.network": "OCI containers: none yet (a named network namespace is joined by the VMM process); `microvm run`: virtio-net through passt (--network user, -p)",
             "io.microvm.mounts": "tmpfs, proc, sysfs, devpts, mqueue, cgroup2 inside the guest; bind mounts from the host are refused",
         },
     });

@@ -112,9 +112,14 @@ pub struct RunArgs {
     /// Run a reaping init as PID 1 of the container, the command as its child
     #[arg(long)]
     init: bool,
-    /// The container's network: host (the guest's, default) or none (a namespace of its own)
-    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    /// The container's network: user (the default: eth0 through passt, outbound traffic and
+    /// published ports work, no privilege needed) or none (loopback only)
+    #[arg(long, default_value = "user", value_parser = ["user", "none"])]
     network: String,
+    /// Publish a container port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+    /// (repeatable; needs --network user)
+    #[arg(short, long = "publish", value_name = "[IP:]HOST:CONTAINER[/PROTO]")]
+    publish: Vec<String>,
     #[command(flatten)]
     confinement: super::ConfinementArgs,
 }
@@ -124,7 +129,16 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let timings = std::env::var_os("MICROVM_TIMINGS").is_some();
     // The launch checks come first: a refused container leaves nothing behind.
     let (mut spec, rootfs) = container(&args)?;
-    let files = crate::binds::copy_into_guest(&mut spec)?;
+    let mut files = crate::binds::copy_into_guest(&mut spec)?;
+    // Parsed here rather than by clap, whose errors take several lines and exit 2.
+    let publish = args.publish.iter().map(|p| p.parse()).collect::<anyhow::Result<Vec<crate::user_net::Publish>>>()?;
+    let user_network = args.network == "user";
+    if !user_network && !publish.is_empty() {
+        bail!("publish: --network none has no ports to publish");
+    }
+    if user_network && args.bundle.is_none() {
+        give_file(&mut spec, &mut files, "/etc/resolv.conf", crate::user_net::resolv_conf());
+    }
     let tty = spec
         .process()
         .as_ref()
@@ -142,6 +156,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     // SIGUSR2 is ours, not relayed: the guest-state report on stderr (see vm::report_guest_state).
     let usr2 = Signals::new([signal_hook::consts::SIGUSR2]).context("install signal handlers")?;
     let sandbox = Arc::new(SandboxDir::create(args.name.as_deref())?);
+    let network = if user_network { crate::user_net::UserNetwork::start(&publish)? } else { None };
     let vm = crate::vm::boot(
         &VmSpec {
             rootfs: &rootfs,
@@ -153,9 +168,14 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
             console: args.console.as_deref(),
             dir: sandbox.path(),
             confinement: &args.confinement,
+            network: network.as_ref().map(|n| n.socket.clone()),
         },
         start,
     )?;
+    // The VMM holds its end of passt's socket now: passt ends with it.
+    if let Some(network) = network {
+        network.handed_over();
+    }
     crate::vm::report_guest_state(usr2, vm.dump, None, tty)?;
     let (uds, vm_done) = (vm.uds, vm.done);
     let target = Arc::new(OnceLock::new());
@@ -272,6 +292,8 @@ fn container(args: &RunArgs) -> anyhow::Result<(Spec, PathBuf)> {
             .transpose()?,
         ulimits: args.ulimit.clone(),
         tmpfs: args.tmpfs.clone(),
+        // Under `user` the container shares the guest's network (its eth0); under `none` it
+        // has a namespace of its own, loopback only, as docker's --network none.
         network_namespace: args.network == "none",
     };
     for opt in &args.security_opt {
@@ -280,6 +302,21 @@ fn container(args: &RunArgs) -> anyhow::Result<(Spec, PathBuf)> {
     let spec = spec::build(&options)?;
     launch_checks::check_spec(&spec, &policy)?;
     Ok((spec, args.rootfs.clone().unwrap_or_default()))
+}
+
+/// Gives the container `contents` at `destination`, as a copied bind mount (see binds).
+fn give_file(spec: &mut Spec, files: &mut Vec<protocol::GuestFile>, destination: &str, contents: String) {
+    let path = format!("{}/{}", protocol::GUEST_FILES_DIR, files.len());
+    let mount = oci_spec::runtime::MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(&path)
+        .options(vec!["rbind".to_string(), "ro".to_string()]);
+    let Ok(mount) = mount.build() else { return };
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(mount);
+    spec.set_mounts(Some(mounts));
+    files.push(protocol::GuestFile { path, contents: contents.into_bytes() });
 }
 
 /// `UID` or `UID:GID` (numeric: names would need the image's /etc/passwd).

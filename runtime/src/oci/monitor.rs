@@ -122,6 +122,7 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
             console: None,
             dir: &vm_dir,
             confinement: &args.confinement,
+            network: None,
         },
         start,
     )?;

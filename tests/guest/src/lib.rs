@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use test_support::{input, processes_matching, Microvm, Outcome, TempDir};
+use test_support::{input, processes_matching, processes_with_env, Microvm, Outcome, TempDir};
 
 /// Suite-wide scratch: the image cache, and local copies of the test root filesystems (in
 /// the nested bed the repo is a slow 9p share, and packing reads every inode).
@@ -115,6 +115,20 @@ impl Case {
             processes_matching(&runtime).is_empty(),
             "a microvm process is still running"
         );
+        // passt (`--network user`) inherits MICROVM_RUNTIME_DIR; it ends when the VMM's end of
+        // its socket closes, which it notices a moment after microvm has exited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !processes_with_env(&runtime).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a process started by microvm outlived it: {:?}",
+                processes_with_env(&runtime)
+                    .iter()
+                    .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 

@@ -284,6 +284,19 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Processes whose environment holds `needle` (children that inherited a test's variables,
+/// such as the passt a `microvm run` starts).
+pub fn processes_with_env(needle: &str) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {

@@ -7,7 +7,12 @@
 //! [`Interrupt`] at activation.
 
 pub mod block;
+pub mod log_limit;
 pub mod mmio;
+pub mod net;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
+mod test_driver;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

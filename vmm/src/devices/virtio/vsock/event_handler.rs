@@ -186,7 +186,7 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::devices::virtio::vsock::packet::{Header, OP_REQUEST, OP_RESPONSE, OP_RW};
-    use crate::devices::virtio::vsock::test_driver::Ring;
+    use crate::devices::virtio::test_driver::Ring;
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -20,9 +20,6 @@ pub mod event_handler;
 pub mod handshake;
 pub mod muxer;
 pub mod packet;
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
-mod test_driver;
 pub mod uds;
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@ use super::*;
 use crate::devices::virtio::vsock::credit::BUF_ALLOC;
 use crate::devices::virtio::vsock::event_handler::{readiness, EpollRegistry};
 use crate::devices::virtio::vsock::packet::*;
-use crate::devices::virtio::vsock::test_driver::Ring;
+use crate::devices::virtio::test_driver::Ring;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
