@@ -19,6 +19,12 @@
   bench/run.py versions MICROVM_BEFORE MICROVM_AFTER KERNEL AGENT BUSYBOX_ROOTFS
       (inside tests/bed/nested.sh) the same figures for two builds of microvm (before and
       after a change), all inputs in L1's memory, interleaved, median of 10 each.
+  bench/run.py network MICROVM KERNEL AGENT BUSYBOX_ROOTFS
+      (inside tests/bed/nested.sh) `--network user` against `--network none`: the boot cost
+      of the network card and passt (interleaved, median of 10); TCP throughput container ->
+      host (through 10.0.2.2) and host -> container (through `-p`), 64 MiB each, next to the
+      same transfer over this host's loopback; and 100 HTTP GETs to a busybox httpd behind
+      `-p` (median and 90th percentile per request), next to the same httpd run on the host.
 """
 import os
 import shutil
@@ -126,8 +132,8 @@ def versions(before, after, kernel, agent, busybox):
 
 
 def interleaved(ways, busybox, d):
-    """Runs `run <busybox> true` 10 times with each way's (binary, kernel, agent), in turn, so
-    that all see the same machine state; returns each way's median phases as text."""
+    """Runs `run <busybox> true` 10 times with each way's (binary, kernel, agent[, flags]), in
+    turn, so that all see the same machine state; returns each way's median phases as text."""
     local = os.path.join(d, "rootfs")
     shutil.copytree(busybox, local, symlinks=True)
     env = dict(os.environ, MICROVM_CACHE=os.path.join(d, "cache"),
@@ -137,8 +143,8 @@ def interleaved(ways, busybox, d):
                    env=env, check=True, capture_output=True)  # pack once
     got = {w: {"setup": [], "boot_to_agent": [], "wall": []} for w in ways}
     for _ in range(10):
-        for way, (binary, k, a) in ways.items():
-            ms, p = timed([binary, "run", "--kernel", k, "--agent", a, local, "--", "true"],
+        for way, (binary, k, a, *flags) in ways.items():
+            ms, p = timed([binary, "run", *flags, "--kernel", k, "--agent", a, local, "--", "true"],
                           env=env, capture_output=True, text=True)
             assert p.returncode == 0, p.stderr
             t = phases_of(p.stderr)
@@ -147,6 +153,115 @@ def interleaved(ways, busybox, d):
             got[way]["wall"].append(ms)
     return {way: ", ".join(f"{k} {statistics.median(v):.0f} ms" for k, v in ph.items())
             for way, ph in got.items()}
+
+
+def network(microvm, kernel, agent, busybox):
+    import socket
+    import threading
+    with tempfile.TemporaryDirectory(dir="/run") as d:
+        os.makedirs(os.path.join(d, "bin"))
+        m, k, a = (shutil.copy(f, os.path.join(d, "bin", os.path.basename(f))) for f in (microvm, kernel, agent))
+        ways = {"--network none": (m, k, a, "--network", "none"), "--network user": (m, k, a, "--network", "user")}
+        if os.environ.get("BENCH_SKIP_BOOT"):
+            shutil.copytree(busybox, os.path.join(d, "rootfs"), symlinks=True)
+        else:
+            for way, phases in interleaved(ways, busybox, d).items():
+                print(f"run <busybox> true, {way}, median of 10: " + phases)
+        local = os.path.join(d, "rootfs")
+        env = dict(os.environ, MICROVM_CACHE=os.path.join(d, "cache"), MICROVM_RUNTIME_DIR=os.path.join(d, "run"))
+        base = [m, "run", "--kernel", k, "--agent", a]
+        size = 64 << 20
+
+        def free_port():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        def sink(listener, out):
+            conn, _ = listener.accept()
+            t0, got = None, 0
+            while chunk := conn.recv(1 << 16):
+                t0 = t0 or time.monotonic()
+                got += len(chunk)
+            out.append((got, time.monotonic() - t0))
+
+        def host_to(port, size):
+            with socket.create_connection(("127.0.0.1", port), timeout=300) as c:
+                t0 = time.monotonic()
+                c.sendall(bytes(size))
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(1 << 16):
+                    pass
+                return time.monotonic() - t0
+
+        def mib_s(seconds, size=size):
+            return f"{size / (1 << 20) / seconds:.1f} MiB/s"
+
+        # Container -> host: the host's sink counts from the first byte to end of file.
+        with socket.create_server(("0.0.0.0", 0)) as listener:
+            port, got = listener.getsockname()[1], []
+            t = threading.Thread(target=sink, args=(listener, got))
+            t.start()
+            p = subprocess.run(base + [local, "--", "sh", "-c", f"head -c {size} /dev/zero | nc 10.0.2.2 {port}"],
+                               env=env, capture_output=True, text=True)
+            t.join()
+            assert p.returncode == 0 and got[0][0] == size, (p.stderr, got)
+            vm = got[0][1]
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port, got = listener.getsockname()[1], []
+            t = threading.Thread(target=sink, args=(listener, got))
+            t.start()
+            subprocess.run(f"head -c {size} /dev/zero | busybox nc 127.0.0.1 {port}", shell=True, check=True)
+            t.join()
+            print(f"TCP container -> host: {mib_s(vm)} (64 MiB); host loopback, busybox nc: {mib_s(got[0][1])}")
+
+        # Host -> container, through -p: the guest's nc reads to end of file and exits.
+        port = free_port()
+        guest = subprocess.Popen(base + ["-p", f"{port}:5001", local, "--", "sh", "-c", "echo ready; nc -l -p 5001 > /dev/null"],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert guest.stdout.readline() == "ready\n"
+        time.sleep(1)
+        # Smaller: each frame into the guest costs an interrupt, slow under emulation.
+        size_in = 16 << 20
+        vm = host_to(port, size_in)
+        guest.wait(timeout=120)
+        port = free_port()
+        server = subprocess.Popen(["busybox", "nc", "-l", "-p", str(port)], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        print(f"TCP host -> container (-p): {mib_s(vm, size_in)} (16 MiB, until the container's side closed); "
+              f"host loopback, busybox nc: {mib_s(host_to(port, size_in), size_in)}")
+        server.wait(timeout=60)
+
+        # Request latency: 100 GETs of a small page, each on a new connection.
+        def gets(port):
+            times = []
+            for _ in range(100):
+                t0 = time.monotonic()
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                    c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    while c.recv(1 << 16):
+                        pass
+                times.append((time.monotonic() - t0) * 1e3)
+            times.sort()
+            return f"median {statistics.median(times):.2f} ms, p90 {times[89]:.2f} ms"
+        port = free_port()
+        script = "mkdir /www && echo hello > /www/index.html && echo ready && exec httpd -f -p 80 -h /www"
+        guest = subprocess.Popen(base + ["--init", "-p", f"{port}:80", local, "--", "sh", "-c", script],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert guest.stdout.readline() == "ready\n"
+        time.sleep(1)
+        vm = gets(port)
+        guest.terminate()
+        guest.wait(timeout=60)
+        www = os.path.join(d, "www")
+        os.makedirs(www)
+        with open(os.path.join(www, "index.html"), "w") as f:
+            f.write("hello\n")
+        port = free_port()
+        server = subprocess.Popen(["busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", www])
+        time.sleep(0.5)
+        print(f"100 HTTP GETs (busybox httpd): behind -p {vm}; on the host {gets(port)}")
+        server.terminate()
 
 
 if __name__ == "__main__":
@@ -158,5 +273,7 @@ if __name__ == "__main__":
         inputs(*sys.argv[2:])
     elif len(sys.argv) == 7 and sys.argv[1] == "versions":
         versions(*sys.argv[2:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "network":
+        network(*sys.argv[2:])
     else:
         raise SystemExit(__doc__)

@@ -18,7 +18,7 @@ fi
 seconds=$1
 shift
 cd "$(dirname "$0")"
-all_targets=(virtio_blk_chain virtio_vsock_tx virtio_mmio_regs agent_frame_decoder vsock_connect_handshake kernel_loader)
+all_targets=(virtio_blk_chain virtio_net_chains virtio_vsock_tx virtio_mmio_regs agent_frame_decoder vsock_connect_handshake kernel_loader)
 targets=("${@:-${all_targets[@]}}")
 nice_level=${NICE:-10}
 

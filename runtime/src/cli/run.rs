@@ -112,12 +112,13 @@ pub struct RunArgs {
     /// Run a reaping init as PID 1 of the container, the command as its child
     #[arg(long)]
     init: bool,
-    /// The container's network: user (the default: eth0 through passt, outbound traffic and
-    /// published ports work, no privilege needed) or none (loopback only)
-    #[arg(long, default_value = "user", value_parser = ["user", "none"])]
-    network: String,
+    /// The container's network: user (eth0 through passt: outbound traffic and published
+    /// ports, no privilege needed; the default with -p) or none (loopback only, in a
+    /// namespace of its own). Without either the guest has no network card (loopback only).
+    #[arg(long, value_parser = ["user", "none"])]
+    network: Option<String>,
     /// Publish a container port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
-    /// (repeatable; needs --network user)
+    /// (repeatable; implies --network user)
     #[arg(short, long = "publish", value_name = "[IP:]HOST:CONTAINER[/PROTO]")]
     publish: Vec<String>,
     #[command(flatten)]
@@ -132,11 +133,16 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let mut files = crate::binds::copy_into_guest(&mut spec)?;
     // Parsed here rather than by clap, whose errors take several lines and exit 2.
     let publish = args.publish.iter().map(|p| p.parse()).collect::<anyhow::Result<Vec<crate::user_net::Publish>>>()?;
-    let user_network = args.network == "user";
+    // `none` by default until bulk transfers into the guest through passt are right (see
+    // docs/DESIGN.md, "Networking of `microvm run`"); `-p` asks for `user`.
+    let user_network = args.network.as_deref().map_or(!publish.is_empty(), |n| n == "user");
     if !user_network && !publish.is_empty() {
         bail!("publish: --network none has no ports to publish");
     }
-    if user_network && args.bundle.is_none() {
+    // The DNS forwarder in /etc/resolv.conf, as docker writes its own. A read-only root
+    // (`--read-only`: the image itself, no overlay) cannot take a mount point it lacks.
+    let has_resolv_conf = rootfs.join("etc/resolv.conf").symlink_metadata().is_ok();
+    if user_network && args.bundle.is_none() && (!args.read_only || has_resolv_conf) {
         give_file(&mut spec, &mut files, "/etc/resolv.conf", crate::user_net::resolv_conf());
     }
     let tty = spec
@@ -294,7 +300,8 @@ fn container(args: &RunArgs) -> anyhow::Result<(Spec, PathBuf)> {
         tmpfs: args.tmpfs.clone(),
         // Under `user` the container shares the guest's network (its eth0); under `none` it
         // has a namespace of its own, loopback only, as docker's --network none.
-        network_namespace: args.network == "none",
+        // Given neither, the container shares the guest's network, which has no card.
+        network_namespace: args.network.as_deref() == Some("none"),
     };
     for opt in &args.security_opt {
         spec::apply_security_opt(&mut options, opt)?;

@@ -50,7 +50,7 @@ impl Drop for Rule {
     }
 }
 
-/// `-p PORT:80` serves the host from busybox httpd in the guest, and since a published
+/// `-p PORT:80` (which implies `--network user`) serves the host from busybox httpd in the guest, and since a published
 /// port is a listening socket of passt's, the host's INPUT chain filters it like any local
 /// service (with a bridge network's DNAT, INPUT would never see it).
 #[test]
@@ -99,8 +99,8 @@ fn a_published_port_serves_the_host_and_input_rules_filter_it() {
     assert!(TcpListener::bind(addr).is_ok(), "the published port is free again");
 }
 
-/// Under `--network user` (the default) the container reaches a server on the host through
-/// the gateway, and its resolv.conf names passt's DNS forwarder.
+/// Under `--network user` the container reaches a server on the host through the gateway,
+/// and its resolv.conf names passt's DNS forwarder.
 #[test]
 fn outbound_tcp_reaches_a_server_on_the_host() {
     let case = Case::new("outbound");
@@ -115,7 +115,8 @@ fn outbound_tcp_reaches_a_server_on_the_host() {
         String::from_utf8_lossy(&request[..n]).into_owned()
     });
     let url = format!("http://10.0.2.2:{port}/from-the-guest");
-    let out = case.run("rootfs-busybox", &[], &["sh", "-c", &format!("cat /etc/resolv.conf && wget -q -O - {url}")]);
+    let script = format!("cat /etc/resolv.conf && wget -q -O - {url}");
+    let out = case.run("rootfs-busybox", &["--network", "user"], &["sh", "-c", &script]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(out.stdout, "nameserver 10.0.2.3\nfrom-the-host\n", "{out:?}");
     let request = server.join().unwrap();

@@ -189,47 +189,12 @@ impl Worker {
         self.watch(wanted)
     }
 
-    /// Guest to backend: takes tx buffers while the socket keeps up. Returns whether buffers
-    /// were used.
     fn send(&mut self) -> io::Result<bool> {
-        let mut used = false;
-        while self.outbound.flush(&mut self.socket)? {
-            let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) else { break };
-            let head = chain.head_index();
-            match frame::read_tx(&self.mem, chain, &mut self.frame) {
-                Ok(()) => self.outbound.push(&self.frame),
-                Err(e) => crate::limited_warn!(self.bad_chains, "virtio-net: tx chain {head} dropped: {e}"),
-            }
-            if let Err(e) = self.tx.queue.add_used(&self.mem, head, 0) {
-                crate::limited_warn!(self.bad_chains, "virtio-net: tx used ring: {e:?}");
-            }
-            used = true;
-        }
-        Ok(used)
+        process_tx(&self.mem, &mut self.tx.queue, &mut self.frame, &mut self.outbound, &mut self.socket, &mut self.bad_chains)
     }
 
-    /// Backend to guest: reads frames while the guest has rx buffers for them. Returns whether
-    /// buffers were used.
     fn receive(&mut self) -> io::Result<bool> {
-        let mut used = false;
-        loop {
-            if !has_buffers(&self.rx.queue, &self.mem) {
-                break;
-            }
-            let Some(frame) = self.inbound.read_frame(&mut self.socket)? else { break };
-            let Some(chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else { break };
-            let head = chain.head_index();
-            let len = frame::write_rx(&self.mem, chain, frame).unwrap_or_else(|e| {
-                crate::limited_warn!(self.bad_chains, "virtio-net: rx frame dropped, buffer {head}: {e}");
-                0
-            });
-            self.inbound.take();
-            if let Err(e) = self.rx.queue.add_used(&self.mem, head, len) {
-                crate::limited_warn!(self.bad_chains, "virtio-net: rx used ring: {e:?}");
-            }
-            used = true;
-        }
-        Ok(used)
+        process_rx(&self.mem, &mut self.rx.queue, &mut self.inbound, &mut self.socket, &mut self.bad_chains)
     }
 
     /// Whether reading the socket must wait for rx buffers.
@@ -244,6 +209,60 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Guest to backend: takes tx buffers while the socket keeps up (`frame` is scratch space).
+/// Returns whether buffers were used. Public, with [`process_rx`], so that the fuzz target
+/// (fuzz/) drives exactly the worker's code.
+pub fn process_tx(
+    mem: &GuestMemoryMmap,
+    queue: &mut virtio_queue::Queue,
+    frame: &mut Vec<u8>,
+    outbound: &mut Outbound,
+    socket: &mut impl io::Write,
+    log: &mut LogLimit,
+) -> io::Result<bool> {
+    let mut used = false;
+    while outbound.flush(socket)? {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else { break };
+        let head = chain.head_index();
+        match frame::read_tx(mem, chain, frame) {
+            Ok(()) => outbound.push(frame),
+            Err(e) => crate::limited_warn!(log, "virtio-net: tx chain {head} dropped: {e}"),
+        }
+        if let Err(e) = queue.add_used(mem, head, 0) {
+            crate::limited_warn!(log, "virtio-net: tx used ring: {e:?}");
+        }
+        used = true;
+    }
+    Ok(used)
+}
+
+/// Backend to guest: reads frames while the guest has rx buffers for them. Returns whether
+/// buffers were used.
+pub fn process_rx(
+    mem: &GuestMemoryMmap,
+    queue: &mut virtio_queue::Queue,
+    inbound: &mut Inbound,
+    socket: &mut impl io::Read,
+    log: &mut LogLimit,
+) -> io::Result<bool> {
+    let mut used = false;
+    while has_buffers(queue, mem) {
+        let Some(frame) = inbound.read_frame(socket)? else { break };
+        let Some(chain) = queue.pop_descriptor_chain(mem) else { break };
+        let head = chain.head_index();
+        let len = frame::write_rx(mem, chain, frame).unwrap_or_else(|e| {
+            crate::limited_warn!(log, "virtio-net: rx frame dropped, buffer {head}: {e}");
+            0
+        });
+        inbound.take();
+        if let Err(e) = queue.add_used(mem, head, len) {
+            crate::limited_warn!(log, "virtio-net: rx used ring: {e:?}");
+        }
+        used = true;
+    }
+    Ok(used)
 }
 
 /// Whether the driver has made buffers available that the device has not taken; a ring we
