@@ -274,23 +274,21 @@ pub fn input(var: &str) -> PathBuf {
 
 /// Process ids of running processes whose command line contains `needle`.
 pub fn processes_matching(needle: &str) -> Vec<u32> {
-    all_pids()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
+    processes_whose("cmdline", needle)
 }
 
 /// Processes whose environment holds `needle` (children that inherited a test's variables,
 /// such as the passt a `microvm run` starts).
 pub fn processes_with_env(needle: &str) -> Vec<u32> {
+    processes_whose("environ", needle)
+}
+
+/// Processes whose /proc/PID/`file` holds `needle`.
+fn processes_whose(file: &str, needle: &str) -> Vec<u32> {
     all_pids()
         .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
+            std::fs::read(format!("/proc/{pid}/{file}"))
                 .map(|c| String::from_utf8_lossy(&c).contains(needle))
                 .unwrap_or(false)
         })

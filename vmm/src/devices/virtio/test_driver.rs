@@ -75,4 +75,17 @@ impl Ring {
         }
         out
     }
+
+    /// Waits (up to 5 s) for the device to use buffers of this queue; returns them.
+    pub fn wait_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let used = self.used(mem);
+            if !used.is_empty() {
+                return used;
+            }
+            assert!(std::time::Instant::now() < deadline, "the worker used no buffer");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
 }

@@ -281,7 +281,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::sync::atomic::AtomicU32;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
@@ -294,18 +294,6 @@ mod tests {
         let mut cfg = [0xffu8; 8];
         dev.read_config(0, &mut cfg);
         assert_eq!(cfg, [0x52, 0x54, 0, 0x12, 0x34, 0x56, 0, 0]);
-    }
-
-    fn wait_used(ring: &mut Ring, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let used = ring.used(mem);
-            if !used.is_empty() {
-                return used;
-            }
-            assert!(Instant::now() < deadline, "the worker used no buffer");
-            std::thread::sleep(Duration::from_millis(2));
-        }
     }
 
     #[test]
@@ -330,9 +318,9 @@ mod tests {
         let mut got = [0u8; 4 + 64];
         backend.read_exact(&mut got).unwrap();
         assert_eq!((&got[..4], &got[4..]), (&[0u8, 0, 0, 64][..], &frame[..]));
-        let mut used = wait_used(&mut tx, &mem);
+        let mut used = tx.wait_used(&mem);
         if used.len() < 2 {
-            used.extend(wait_used(&mut tx, &mem));
+            used.extend(tx.wait_used(&mem));
         }
         assert_eq!(used, [(0, 0), (1, 0)]);
 
@@ -344,7 +332,7 @@ mod tests {
         assert!(rx.used(&mem).is_empty());
         rx.offer(&mem, &[(0x30_0000, 1526, true)]);
         kicks[0].write(1).unwrap();
-        assert_eq!(wait_used(&mut rx, &mem), [(0, 12 + 60)]);
+        assert_eq!(rx.wait_used(&mem), [(0, 12 + 60)]);
         let mut body = [0u8; 60];
         mem.read_slice(&mut body, GuestAddress(0x30_0000 + 12)).unwrap();
         assert_eq!(body, reply);

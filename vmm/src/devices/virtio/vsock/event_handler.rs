@@ -191,23 +191,10 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
     use vmm_sys_util::tempdir::TempDir;
-
-    /// Waits (up to 5 s) for the device to use buffers of `ring`.
-    fn wait_used(ring: &mut Ring, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let used = ring.used(mem);
-            if !used.is_empty() {
-                return used;
-            }
-            assert!(Instant::now() < deadline, "the worker used no buffer");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
 
     #[test]
     fn worker_relays_a_host_connection_through_the_queues() {
@@ -232,7 +219,7 @@ mod tests {
         client.write_all(b"CONNECT 52\n").unwrap();
         rx.offer(&mem, &[(0x10_0000, 44 + 4096, true)]);
         kicks[0].write(1).unwrap();
-        assert_eq!(wait_used(&mut rx, &mem), [(0, 44)]);
+        assert_eq!(rx.wait_used(&mem), [(0, 44)]);
         let request: Header = mem.read_obj(GuestAddress(0x10_0000)).unwrap();
         assert_eq!((request.op(), request.dst_port(), request.dst_cid()), (OP_REQUEST, 52, 3));
         assert!(irq.read().unwrap() > 0 && status.load(Ordering::SeqCst) & 1 == 1, "the guest was interrupted");
@@ -244,12 +231,12 @@ mod tests {
         let mut line = String::new();
         BufReader::new(&client).read_line(&mut line).unwrap();
         assert_eq!(line, format!("OK {}\n", request.src_port()));
-        assert_eq!(wait_used(&mut tx, &mem), [(0, 0)]);
+        assert_eq!(tx.wait_used(&mem), [(0, 0)]);
 
         client.write_all(b"ping").unwrap();
         rx.offer(&mem, &[(0x11_0000, 44 + 4096, true)]);
         kicks[0].write(1).unwrap();
-        assert_eq!(wait_used(&mut rx, &mem), [(1, 48)]);
+        assert_eq!(rx.wait_used(&mem), [(1, 48)]);
         let data: Header = mem.read_obj(GuestAddress(0x11_0000)).unwrap();
         let mut payload = [0u8; 4];
         mem.read_slice(&mut payload, GuestAddress(0x11_0000 + 44)).unwrap();
