@@ -8,16 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 tests/bed/setup.sh
-cargo build --release --bins >&2
-KERNEL_DIR=$(kernel-config/build.sh | tail -n 1)
+# microvm, its kernel and its agent into /usr/local (bin/, lib/microvm/), where it finds them
+# with no flag or variable, as podman and docker start it.
+MICROVM=$(./install.sh | tail -n 1)
 INITRAMFS=$(images/build-smoke-initramfs.sh | tail -n 1)
-export MICROVM_AGENT=$(images/build-agent.sh | tail -n 1)
 ROOTFS=$(images/build-test-rootfs.sh | tail -n 1)
-target/release/microvm pack "$ROOTFS" >/dev/null   # cached on the host, found again inside L1
 
-DEMO="target/release/microvm boot --kernel '$KERNEL_DIR/vmlinux' --initrd '$INITRAMFS' --cpus 2 &&
-  target/release/microvm run --kernel '$KERNEL_DIR/vmlinux' '$ROOTFS' -- echo 'hello from a microVM'"
-if target/release/microvm check >&2; then
+DEMO="'$MICROVM' boot --kernel /usr/local/lib/microvm/vmlinux --initrd '$INITRAMFS' --cpus 2 &&
+  '$MICROVM' run '$ROOTFS' -- echo 'hello from a microVM'"
+if "$MICROVM" check >&2; then
   exec bash -c "$DEMO"
 else
   exec tests/bed/nested.sh -- bash -c "$DEMO"

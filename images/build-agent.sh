@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the guest agent (guest-agent/) as a static binary, the /init of every `microvm run`
 # guest, and prints its path as the last line of stdout; everything else goes to stderr.
-# `microvm run` finds it through --agent, $MICROVM_AGENT, `microvm-agent` beside the microvm
-# binary, or this build's place under target/static.
+# microvm finds it as runtime/src/layout.rs says: --agent, $MICROVM_AGENT, the config file,
+# install.sh's place (PREFIX/lib/microvm/microvm-agent), or this build's place under target/static.
 set -euo pipefail
 
 root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)

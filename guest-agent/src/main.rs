@@ -4,7 +4,7 @@
 //! 2. Moves its root from the initramfs onto a tmpfs (so containers can pivot_root), then
 //!    mounts /proc, /sys, the cgroup2 hierarchy, /dev, /dev/pts, /dev/shm and /run.
 //! 3. Mounts the container image (/dev/vda) and the root the container is built on: an overlay
-//!    with a tmpfs upper dir, or read-only with `microvm.readonly` on the kernel command line.
+//!    with a tmpfs upper dir.
 //!    The container's own /proc, /dev and the rest are its setup's business ([`sandbox`]).
 //! 4. Starts the reaper, which collects every child that exits (PID 1's duty).
 //! 5. Listens on vsock: the control port, and the stdin/stdout/stderr ports, whose connections
@@ -75,8 +75,7 @@ fn run() -> Result<(), AgentError> {
     // 2. and 3.
     mounts::enter_tmpfs_root()?;
     mounts::mount_pseudo_filesystems()?;
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    mounts::mount_rootfs(mounts::readonly_requested(&cmdline))?;
+    mounts::mount_rootfs()?;
 
     // 4.
     let reaper = reaper::start()?;

@@ -4,8 +4,9 @@
 //!    instance), /dev/shm and /run (tmpfs) — [`mount_pseudo_filesystems`];
 //! 2. the container image, the block device [`ROOTFS_DEVICE`] (erofs, or ext4), read-only on
 //!    [`ROOTFS_LOWER`], and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live
-//!    on a tmpfs (writes stay in guest memory), or with `microvm.readonly` on the kernel command
-//!    line a read-only bind — [`mount_rootfs`];
+//!    on a tmpfs (writes stay in guest memory) — [`mount_rootfs`]. Always an overlay, also for
+//!    a read-only root (`root.readonly`): the spec's mount points are made in it first, and the
+//!    container's root is remounted read-only last, as runc does ([`crate::sandbox`]);
 
 use std::io;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
@@ -23,9 +24,6 @@ pub const ROOTFS_LOWER: &str = "/rootfs-ro";
 pub const ROOTFS_RW: &str = "/rootfs-rw";
 /// The root the container process is chrooted into.
 pub const ROOTFS: &str = "/rootfs";
-/// The kernel parameter that asks for a read-only root. Parameters with a dot stay out of
-/// init's environment, so it is read from /proc/cmdline.
-pub const READONLY_PARAM: &str = "microvm.readonly";
 /// Where the agent's tmpfs root is mounted before it is moved onto `/`.
 const NEW_ROOT: &str = "/newroot";
 /// How long to wait for [`ROOTFS_DEVICE`] to appear in devtmpfs.
@@ -140,24 +138,9 @@ pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
     pseudo_filesystems().iter().try_for_each(Mount::mount)
 }
 
-/// Whether the kernel command line (the text of /proc/cmdline) holds [`READONLY_PARAM`],
-/// bare or with any value.
-pub fn readonly_requested(cmdline: &str) -> bool {
-    cmdline
-        .split_ascii_whitespace()
-        .any(|param| param.split('=').next() == Some(READONLY_PARAM))
-}
-
-/// Step 2: the image on [`ROOTFS_LOWER`], then [`ROOTFS`] as an overlay or a read-only bind.
-pub fn mount_rootfs(readonly: bool) -> Result<(), MountError> {
+/// Step 2: the image on [`ROOTFS_LOWER`], then [`ROOTFS`] as an overlay.
+pub fn mount_rootfs() -> Result<(), MountError> {
     mount_image()?;
-    if readonly {
-        let bind = Mount::new(ROOTFS_LOWER, ROOTFS, "none").flags(MsFlags::MS_BIND);
-        bind.mount()?;
-        // A bind takes its read-only flag only from a remount.
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        return bind.flags(flags).mount_only();
-    }
     Mount::new("tmpfs", ROOTFS_RW, "tmpfs")
         .flags(MsFlags::MS_NODEV)
         .data("mode=0755")
@@ -267,15 +250,6 @@ mod tests {
         let devpts = &pseudo_filesystems()[4];
         let data = devpts.data.as_deref().unwrap();
         assert!(data.contains("newinstance") && data.contains("ptmxmode=0666"));
-    }
-
-    #[test]
-    fn readonly_comes_from_the_command_line() {
-        assert!(readonly_requested("console=ttyS0 microvm.readonly quiet\n"));
-        assert!(readonly_requested("microvm.readonly=1"));
-        assert!(!readonly_requested("console=ttyS0 quiet\n"));
-        assert!(!readonly_requested("microvm.readonlyx microvm=readonly"));
-        assert!(!readonly_requested(""));
     }
 
     #[test]

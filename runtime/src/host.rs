@@ -1,10 +1,10 @@
 //! What this host offers for running microVMs: KVM, its flavour, CPU virtualization support,
 //! nesting, and the guest kernel. Used by `microvm check`; the test bed applies the same rules.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Facts read off the host.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostReport {
     pub kvm_error: Option<String>,
     pub missing_caps: Vec<&'static str>,
@@ -16,7 +16,10 @@ pub struct HostReport {
     pub hypervisor: Option<String>,
     /// Whether the KVM module allows nesting (its `nested` parameter).
     pub nested_param: Option<bool>,
-    pub kernel: Option<PathBuf>,
+    /// The guest kernel, agent and image cache, or why each is missing.
+    pub kernel: Result<crate::layout::Found, String>,
+    pub agent: Result<crate::layout::Found, String>,
+    pub cache: Result<crate::layout::Found, String>,
 }
 
 impl HostReport {
@@ -34,6 +37,7 @@ impl HostReport {
             Ok(kvm) => (None, vmm::vstate::vm::missing_caps(&kvm).into_iter().map(|(_, n)| n).collect()),
             Err(e) => (Some(e.to_string()), Vec::new()),
         };
+        let layout = crate::layout::Layout::load().map_err(|e| e.to_string());
         Self {
             kvm_error,
             missing_caps,
@@ -41,7 +45,9 @@ impl HostReport {
             kvm_module,
             hypervisor: flags.contains(&"hypervisor").then(hypervisor_vendor),
             nested_param,
-            kernel: crate::host::default_kernel_dir().map(|d| d.join("vmlinux")).filter(|p| p.exists()),
+            kernel: layout.as_ref().map_err(Clone::clone).and_then(|l| l.kernel(None).map_err(|e| e.to_string())),
+            agent: layout.as_ref().map_err(Clone::clone).and_then(|l| l.agent(None).map_err(|e| e.to_string())),
+            cache: layout.as_ref().map_err(Clone::clone).and_then(|l| l.image_cache().map_err(|e| e.to_string())),
         }
     }
 
@@ -60,8 +66,10 @@ impl HostReport {
         if self.hw_virt.is_none() {
             return Err("the CPU shows neither vmx nor svm: no hardware virtualization".into());
         }
-        if self.kernel.is_none() {
-            return Err("the guest kernel is not built: run kernel-config/build.sh".into());
+        for found in [&self.kernel, &self.agent] {
+            if let Err(e) = found {
+                return Err(e.clone());
+            }
         }
         Ok(())
     }
@@ -84,18 +92,6 @@ fn hypervisor_vendor() -> String {
     if vendor.is_empty() { "unknown".into() } else { vendor }
 }
 
-/// Where kernel-config/build.sh caches kernels: `$MICROVM_CACHE` or `~/.cache/microvm`.
-pub fn cache_dir() -> Option<PathBuf> {
-    std::env::var_os("MICROVM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/microvm")))
-}
-
-/// The most recently built guest kernel (the build script points `kernel/current` at it).
-pub fn default_kernel_dir() -> Option<PathBuf> {
-    cache_dir().map(|d| d.join("kernel/current"))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -109,11 +105,17 @@ mod tests {
     }
 
     fn good() -> HostReport {
+        let found = |path: &str| Ok(crate::layout::Found { path: path.into(), from: "installed".into() });
         HostReport {
+            kvm_error: None,
+            missing_caps: Vec::new(),
             hw_virt: Some("vmx"),
             kvm_module: Some("kvm_intel"),
-            kernel: Some("/k/vmlinux".into()),
-            ..Default::default()
+            hypervisor: None,
+            nested_param: None,
+            kernel: found("/k/vmlinux"),
+            agent: found("/k/microvm-agent"),
+            cache: found("/var/cache/microvm"),
         }
     }
 
@@ -128,7 +130,9 @@ mod tests {
         assert!(no_kvm.verdict().unwrap_err().starts_with("KVM unusable"));
         let caps = HostReport { missing_caps: vec!["KVM_CAP_IRQFD"], ..good() };
         assert!(caps.verdict().unwrap_err().contains("KVM_CAP_IRQFD"));
-        let no_kernel = HostReport { kernel: None, ..good() };
-        assert!(no_kernel.verdict().unwrap_err().contains("kernel-config/build.sh"));
+        let no_kernel = HostReport { kernel: Err("kernel: not found (looked for /k/vmlinux)".into()), ..good() };
+        assert!(no_kernel.verdict().unwrap_err().starts_with("kernel: not found"));
+        let no_agent = HostReport { agent: Err("agent: not found".into()), ..good() };
+        assert!(no_agent.verdict().unwrap_err().starts_with("agent: not found"));
     }
 }

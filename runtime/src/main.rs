@@ -6,6 +6,7 @@ mod host;
 mod initramfs;
 mod jail;
 mod launch_checks;
+mod layout;
 mod oci;
 mod rootfs;
 mod sandbox;
@@ -44,6 +45,7 @@ struct Cli {
 enum Command {
     Run(Box<cli::run::RunArgs>),
     Pack(cli::pack::PackArgs),
+    Cache(cli::cache::CacheArgs),
     Boot(cli::boot::BootArgs),
     Check(cli::check::CheckArgs),
     #[command(flatten)]
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Run(args)) => cli::run::run(*args, start),
         Some(Command::Pack(args)) => cli::pack::run(args),
+        Some(Command::Cache(args)) => cli::cache::run(args),
         Some(Command::Boot(args)) => cli::boot::run(args, start),
         Some(Command::Check(args)) => cli::check::run(args),
         Some(Command::Oci(command)) => cli::oci::run(&cli.global, command, start),

@@ -10,6 +10,12 @@
 //! tool's up-to-date check reads), plus the packer's flags. A second `run` of an unchanged
 //! tree reuses the image without reading file contents. An image is written to a temporary
 //! name and renamed into place, so a killed pack leaves no half image under the final name.
+//!
+//! Bound: each use of an image sets its modification time to now, and after a pack the
+//! least recently used images are removed until the images fit the cache's limit (the config
+//! file's `cache_limit_mib`, 8 GiB by default); an image used within the last minute is never
+//! removed (another `run` may be about to open it; a running VM holds its image open, so
+//! removing the name does not disturb it). `microvm cache prune` does the same on demand.
 
 use std::fs;
 use std::io::Write;
@@ -23,6 +29,8 @@ use sha2::{Digest, Sha256};
 const MKFS_FLAGS: &[&str] = &["--quiet"];
 /// Guards against symlink loops and absurd trees while hashing.
 const MAX_DEPTH: usize = 256;
+/// An image used this recently is never pruned.
+const IN_USE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -57,10 +65,15 @@ pub fn pack(rootfs: &Path, cache_dir: &Path) -> Result<Packed, RootfsError> {
     let dir = cache_dir.join("rootfs");
     let image = dir.join(format!("{key}.erofs"));
     if image.is_file() {
+        // Recently used, for the pruning's LRU order; a cache it cannot touch still serves.
+        let _ = fs::File::options().append(true).open(&image).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         return Ok(Packed { image, cached: true });
     }
     fs::create_dir_all(&dir).map_err(|source| RootfsError::Cache { path: dir.clone(), source })?;
     let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+    // Made here so that a cache that cannot be written is named as such (mkfs.erofs would
+    // print its list of compressors last instead).
+    fs::File::create(&tmp).map_err(|source| RootfsError::Cache { path: dir.clone(), source })?;
     let result = Command::new("mkfs.erofs").args(MKFS_FLAGS).arg(&tmp).arg(rootfs).output();
     let outcome = match result {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RootfsError::NoPacker),
@@ -75,6 +88,57 @@ pub fn pack(rootfs: &Path, cache_dir: &Path) -> Result<Packed, RootfsError> {
         let _ = fs::remove_file(&tmp);
     }
     outcome.map(|()| Packed { image, cached: false })
+}
+
+/// What [`prune`] removed and what is left.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub removed: usize,
+    pub freed: u64,
+    pub kept: usize,
+    pub size: u64,
+}
+
+/// Removes the least recently used images under `cache_dir` until the rest take at most
+/// `limit` bytes, sparing any used within [`IN_USE_GRACE`] (see the module's comment).
+pub fn prune(cache_dir: &Path, limit: u64) -> Result<Pruned, RootfsError> {
+    let dir = cache_dir.join("rootfs");
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pruned::default()),
+        Err(source) => return Err(RootfsError::Cache { path: dir, source }),
+    };
+    let mut images: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "erofs"))
+        .filter_map(|p| {
+            let meta = fs::metadata(&p).ok()?;
+            Some((meta.modified().ok()?, meta.len(), p))
+        })
+        .collect();
+    images.sort(); // oldest use first
+    let mut pruned = Pruned { kept: images.len(), size: images.iter().map(|i| i.1).sum(), ..Pruned::default() };
+    let now = std::time::SystemTime::now();
+    for (used, len, path) in images {
+        if pruned.size <= limit {
+            break;
+        }
+        if now.duration_since(used).unwrap_or_default() < IN_USE_GRACE {
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            // Another process pruned it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RootfsError::Cache { path, source }),
+        }
+        pruned.removed += 1;
+        pruned.freed += len;
+        pruned.kept -= 1;
+        pruned.size -= len;
+    }
+    Ok(pruned)
 }
 
 /// The cache key of a tree: sha256 over every entry's metadata, in sorted path order.
@@ -192,6 +256,51 @@ mod tests {
         assert!(missing.to_string().starts_with(&format!("rootfs {}: ", d.join("nope").display())), "{missing}");
         let file = pack(&tree.join("etc/hostname"), &cache).unwrap_err();
         assert!(matches!(file, RootfsError::NotDirectory(_)), "{file}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// An image last used `age` ago, of `len` bytes.
+    fn image(cache: &Path, name: &str, len: usize, age: std::time::Duration) -> PathBuf {
+        let path = cache.join("rootfs").join(format!("{name}.erofs"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, vec![0u8; len]).unwrap();
+        let f = fs::File::options().append(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - age).unwrap();
+        path
+    }
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_down_to_the_limit_and_spares_fresh_ones() {
+        let d = scratch("prune");
+        let hour = std::time::Duration::from_secs(3600);
+        let oldest = image(&d, "a", 100, hour * 3);
+        let middle = image(&d, "b", 100, hour * 2);
+        let newest = image(&d, "c", 100, hour);
+        let fresh = image(&d, "d", 100, std::time::Duration::ZERO);
+        fs::write(d.join("rootfs/.e.1.tmp"), b"a pack in progress").unwrap();
+        let pruned = prune(&d, 250).unwrap();
+        assert_eq!(pruned, Pruned { removed: 2, freed: 200, kept: 2, size: 200 });
+        assert!(!oldest.exists() && !middle.exists() && newest.exists() && fresh.exists());
+        assert!(d.join("rootfs/.e.1.tmp").exists(), "only images are pruned");
+        // Under the grace period an image stays even past the limit.
+        let pruned = prune(&d, 0).unwrap();
+        assert_eq!((pruned.removed, pruned.kept), (1, 1));
+        assert!(fresh.exists());
+        assert_eq!(prune(&d.join("none"), 0).unwrap(), Pruned::default());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_cache_hit_marks_the_image_used() {
+        let d = scratch("touch");
+        let tree = d.join("tree");
+        fs::create_dir_all(&tree).unwrap();
+        let packed = pack(&tree, &d.join("cache")).unwrap();
+        let f = fs::File::options().append(true).open(&packed.image).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        f.set_modified(old).unwrap();
+        assert!(pack(&tree, &d.join("cache")).unwrap().cached);
+        assert!(fs::metadata(&packed.image).unwrap().modified().unwrap() > old);
         fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use vmm::config::{Console, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use vmm::Vmm;
 
 use crate::cli::ConfinementArgs;
-use crate::host;
 
 /// The VMM's vsock socket, in the VM's directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
@@ -23,10 +22,9 @@ const GUEST_CID: u64 = 3;
 pub struct VmSpec<'a> {
     /// The container's root filesystem directory.
     pub rootfs: &'a Path,
-    pub read_only: bool,
-    /// Guest kernel; `None`: `$MICROVM_KERNEL`, else the one kernel-config/build.sh built last.
+    /// Guest kernel; `None`: found as `layout` says.
     pub kernel: Option<&'a Path>,
-    /// The static agent; `None`: see [`find_agent`].
+    /// The static agent; `None`: found as `layout` says.
     pub agent: Option<&'a Path>,
     pub mem_mib: u64,
     pub vcpus: u8,
@@ -54,24 +52,17 @@ pub struct RunningVm {
 
 /// Checks the inputs, packs the rootfs, boots the VM and enters the jail.
 pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
-    let kernel = match spec.kernel {
-        Some(k) => k.to_path_buf(),
-        None => std::env::var_os("MICROVM_KERNEL")
-            .map(PathBuf::from)
-            .or_else(|| host::default_kernel_dir().map(|d| d.join("vmlinux")))
-            .unwrap_or_default(),
-    };
-    if !kernel.is_file() {
-        bail!(
-            "kernel {}: not found (build one with kernel-config/build.sh, or pass --kernel or set MICROVM_KERNEL)",
-            kernel.display()
-        );
-    }
-    let agent = find_agent(spec.agent)?;
-    let cache = host::cache_dir()
-        .ok_or_else(|| anyhow!("no cache directory: set MICROVM_CACHE or HOME"))?;
+    let layout = crate::layout::Layout::load()?;
+    let kernel = layout.kernel(spec.kernel)?.path;
+    let agent = layout.agent(spec.agent)?.path;
+    let cache = layout.image_cache()?.path;
 
     let packed = crate::rootfs::pack(spec.rootfs, &cache)?;
+    if !packed.cached {
+        if let Err(e) = crate::rootfs::prune(&cache, layout.cache_limit()) {
+            tracing::warn!("{e}");
+        }
+    }
     tracing::debug!(
         "rootfs image {} ({})",
         packed.image.display(),
@@ -98,9 +89,6 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     let mut config = VmConfig::new(&kernel);
     config.initrd = Some(initrd);
     config.cmdline = DEFAULT_CMDLINE.to_string();
-    if spec.read_only {
-        config.cmdline.push_str(" microvm.readonly");
-    }
     config.mem_mib = spec.mem_mib;
     config.vcpus = spec.vcpus;
     config.console = Console::File(console);
@@ -175,30 +163,3 @@ pub fn report_guest_state(
     Ok(())
 }
 
-/// The agent binary: `--agent`, `$MICROVM_AGENT`, `microvm-agent` beside this binary, or the
-/// static build of this workspace (`target/static/.../guest-agent`).
-pub fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let mut candidates: Vec<PathBuf> = given.map(Path::to_path_buf).into_iter().collect();
-    candidates.extend(std::env::var_os("MICROVM_AGENT").map(PathBuf::from));
-    if given.is_none() {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-        {
-            candidates.push(dir.join("microvm-agent"));
-            candidates.push(dir.join("../static/x86_64-unknown-linux-gnu/release/guest-agent"));
-        }
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "agent {}: not found (build it with images/build-agent.sh, or pass --agent)",
-                candidates
-                    .first()
-                    .map_or("microvm-agent".into(), |p| p.display().to_string())
-            )
-        })
-}

@@ -3,7 +3,8 @@
 //! 2. the root (the agent's [`ROOTFS`](crate::mounts::ROOTFS)) bound onto itself;
 //! 3. `mounts` from the spec, in order, each destination resolved inside the root;
 //! 4. a minimal /dev when /dev is a fresh tmpfs: null, zero, full, random, urandom, tty, the
-//!    spec's devices, and the usual links;
+//!    spec's devices, and the usual links; the process's working directory made if it is
+//!    missing (mode 0755, root's, as runc and docker make it);
 //! 5. `pivot_root` into the root, the old root detached;
 //! 6. (after the sysctls: [`protect`]) masked paths (empty files or read-only tmpfs over
 //!    them) and read-only paths;
@@ -12,7 +13,7 @@
 //! `pivot_root` needs the current root to be a mount with a parent; the agent moved itself off
 //! the initramfs onto a tmpfs at boot for that reason ([`crate::mounts::enter_tmpfs_root`]).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -74,6 +75,13 @@ pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
             &root.join("dev"),
             linux.devices().as_deref().unwrap_or_default(),
         )?;
+    }
+    if let Some(process) = spec.process() {
+        let step = || format!("make the working directory {}", process.cwd().display());
+        let cwd = resolve_in_root(root, process.cwd()).map_err(|f| Failure::new(step(), f.message))?;
+        if !cwd.exists() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&cwd).at(step)?;
+        }
     }
 
     pivot_root(root)?;

@@ -31,9 +31,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
         if let Some(n) = r.nested_param {
             println!("nesting allowed:     {}", if n { "yes" } else { "no" });
         }
-        match &r.kernel {
-            Some(k) => println!("guest kernel:        {}", k.display()),
-            None => println!("guest kernel:        not built (kernel-config/build.sh)"),
+        for (what, found) in [("guest kernel:", &r.kernel), ("guest agent:", &r.agent), ("image cache:", &r.cache)] {
+            match found {
+                Ok(f) => println!("{what:<21}{} ({})", f.path.display(), f.from),
+                Err(e) => println!("{what:<21}{e}"),
+            }
         }
         println!("network (run):       {}", crate::user_net::availability());
     }

@@ -1,4 +1,5 @@
 pub mod boot;
+pub mod cache;
 pub mod check;
 pub mod oci;
 pub mod pack;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
 use clap::Args;
 
 /// Pack a root filesystem directory into its cached EROFS image and print the image's path
@@ -13,7 +12,7 @@ pub struct PackArgs {
 }
 
 pub fn run(args: PackArgs) -> anyhow::Result<u8> {
-    let cache = crate::host::cache_dir().ok_or_else(|| anyhow!("no cache directory: set MICROVM_CACHE or HOME"))?;
+    let cache = crate::layout::Layout::load()?.image_cache()?.path;
     let packed = crate::rootfs::pack(&args.rootfs, &cache)?;
     println!("{}", packed.image.display());
     eprintln!("microvm: {}", if packed.cached { "cached" } else { "packed" });

@@ -139,21 +139,14 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     if !user_network && !publish.is_empty() {
         bail!("publish: --network none has no ports to publish");
     }
-    // The DNS forwarder in /etc/resolv.conf, as docker writes its own. A read-only root
-    // (`--read-only`: the image itself, no overlay) cannot take a mount point it lacks.
-    let has_resolv_conf = rootfs.join("etc/resolv.conf").symlink_metadata().is_ok();
-    if user_network && args.bundle.is_none() && (!args.read_only || has_resolv_conf) {
+    // The DNS forwarder in /etc/resolv.conf, as docker writes its own.
+    if user_network && args.bundle.is_none() {
         give_file(&mut spec, &mut files, "/etc/resolv.conf", crate::user_net::resolv_conf());
     }
     let tty = spec
         .process()
         .as_ref()
         .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    let read_only = spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
         .unwrap_or(false);
     // From the sandbox directory on, a SIGINT or SIGTERM must not take the default action,
     // which would leave the directory behind: until the process runs it ends the run (see
@@ -166,7 +159,6 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let vm = crate::vm::boot(
         &VmSpec {
             rootfs: &rootfs,
-            read_only,
             kernel: args.kernel.as_deref(),
             agent: args.agent.as_deref(),
             mem_mib: args.memory,

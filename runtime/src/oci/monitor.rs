@@ -109,12 +109,10 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
     let pty = terminal
         .then(|| super::console::hand_over(args.console_socket.as_deref()))
         .transpose()?;
-    let read_only = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
     let vm_dir = dir.vm_dir();
     let vm = crate::vm::boot(
         &VmSpec {
             rootfs: &rootfs,
-            read_only,
             kernel: None,
             agent: None,
             mem_mib: MEM_MIB,

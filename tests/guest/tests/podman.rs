@@ -14,11 +14,14 @@ use guest_tests::{suite, Case};
 use test_support::{input, processes_matching, run_in_pty, KillAfter, Outcome, TempDir};
 
 /// A podman of its own: vfs storage and state in scratch directories, cgroupfs (L1 runs no
-/// systemd), events to a file, and microvm through a wrapper that sets its environment.
+/// systemd), events to a file, and microvm either through a wrapper that sets its environment
+/// (`new`) or installed, found by path with nothing set (`installed`).
 struct Podman {
     dir: TempDir,
     base: Vec<String>,
     runtime_root: PathBuf,
+    /// podman started with only PATH and HOME, as a user's shell or a unit file would.
+    bare_env: bool,
 }
 
 impl Podman {
@@ -38,6 +41,28 @@ impl Podman {
         ));
         std::fs::write(&wrapper, script).unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self::with_runtime(dir, &wrapper, runtime_root, false)
+    }
+
+    /// microvm laid out as install.sh lays it out under a scratch prefix, and podman given
+    /// its path (`--runtime PREFIX/bin/microvm`) and no MICROVM_* variable; the runtime's
+    /// state goes to its default root, /run/microvm.
+    fn installed() -> Self {
+        let dir = TempDir::new("podman-installed");
+        let prefix = dir.path("prefix");
+        for (from, to) in [
+            (input("MICROVM_BIN"), "bin/microvm"),
+            (input("MICROVM_KERNEL_DIR").join("vmlinux"), "lib/microvm/vmlinux"),
+            (input("MICROVM_AGENT"), "lib/microvm/microvm-agent"),
+        ] {
+            std::fs::create_dir_all(prefix.join(to).parent().unwrap()).unwrap();
+            std::fs::copy(&from, prefix.join(to)).unwrap();
+        }
+        let runtime = prefix.join("bin/microvm");
+        Self::with_runtime(dir, &runtime, PathBuf::from("/run/microvm"), true)
+    }
+
+    fn with_runtime(dir: TempDir, runtime: &Path, runtime_root: PathBuf, bare_env: bool) -> Self {
         let path = |name: &str| dir.path(name).to_string_lossy().into_owned();
         let base = vec![
             "--storage-driver".into(),
@@ -51,9 +76,9 @@ impl Podman {
             "--runroot".into(),
             path("run"),
             "--runtime".into(),
-            path("microvm-runtime"),
+            runtime.to_string_lossy().into_owned(),
         ];
-        let podman = Podman { dir, base, runtime_root };
+        let podman = Podman { dir, base, runtime_root, bare_env };
         let tar = podman.dir.path("busybox.tar");
         let status = Command::new("tar")
             .arg("-C")
@@ -70,7 +95,11 @@ impl Podman {
     }
 
     fn run(&self, args: &[&str]) -> Outcome {
-        let child = Command::new("podman")
+        let mut command = Command::new("podman");
+        if self.bare_env {
+            command.env_clear().envs(["PATH", "HOME"].map(|k| (k, std::env::var_os(k).unwrap_or_default())));
+        }
+        let child = command
             .args(&self.base)
             .args(args)
             .stdin(Stdio::null())
@@ -113,6 +142,10 @@ fn podman_runs_containers_in_microvms() {
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "hi\n"), "{out:?}");
     let out = podman.run(&["run", "--rm", "--network", "none", image, "sh", "-c", "exit 7"]);
     assert_eq!(out.code, Some(7), "{out:?}");
+    // --read-only: podman's tmpfs mounts (/run, /tmp) are made and writable, the root is not.
+    let script = "touch /run/ok /tmp/ok && echo tmpfs-writable; touch /x 2>&1 | grep -q Read-only && echo root-read-only";
+    let out = podman.run(&["run", "--rm", "--read-only", "--network", "none", image, "sh", "-c", script]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "tmpfs-writable\nroot-read-only\n"), "{out:?}");
 
     let out = podman.run(&["run", "-d", "--network", "none", image, "sh", "-c", "echo started; sleep 1000"]);
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -132,6 +165,21 @@ fn podman_runs_containers_in_microvms() {
     let rm = podman.run(&["rm", &id]);
     assert_eq!(rm.code, Some(0), "{rm:?}");
     podman.assert_nothing_left();
+}
+
+/// podman given an installed microvm by path, with no MICROVM_* variable: the kernel and agent
+/// are found beside the binary, and the container runs and goes. In the nested bed HOME is the
+/// host's /root, a read-only share, so the image cache also falls back to a root-owned
+/// directory there (the fallback's choice is unit-tested in runtime/src/layout.rs).
+#[test]
+fn podman_runs_an_installed_microvm_with_no_environment() {
+    let podman = Podman::installed();
+    let out = podman.run(&["run", "--rm", "--network", "none", "localhost/busybox", "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(3), "hi\n"), "{out:?}");
+    let prefix = podman.dir.path("prefix").to_string_lossy().into_owned();
+    assert!(processes_matching(&prefix).is_empty(), "a VMM process is still running");
+    let out = podman.run(&["ps", "--all", "--quiet"]);
+    assert_eq!(out.stdout, "", "{out:?}");
 }
 
 #[test]

@@ -118,6 +118,16 @@ fn env_workdir_user_and_read_only_root() {
     );
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    // A working directory the image lacks is made (0755, root's), as docker makes it, also
+    // under a read-only root (mount points and the directory are made before the root is
+    // remounted read-only, as runc does).
+    let out = case.run(
+        "rootfs-busybox",
+        &["--read-only", "-w", "/made/here"],
+        &["sh", "-c", "pwd; stat -c %a:%u /made/here; touch /made/here/x 2>&1 | grep -c Read-only"],
+    );
+    assert_eq!(out.stdout, "/made/here\n755:0\n1\n", "{out:?}");
+    case.assert_nothing_left();
 }
 
 #[test]

@@ -51,6 +51,16 @@ impl Microvm {
         self
     }
 
+    /// Removes every `MICROVM_*` variable the caller (tests/run.sh) passed down.
+    pub fn without_microvm_env(mut self) -> Self {
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MICROVM_") {
+                self.cmd.env_remove(key);
+            }
+        }
+        self
+    }
+
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
