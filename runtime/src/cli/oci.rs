@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::launch_checks::{self, Policy};
 use crate::oci::control::{self, ControlAnswer, ControlError, ControlRequest, Status};
-use crate::oci::exec;
+use crate::oci::{exec, hooks};
 use crate::oci::monitor::READY_FD;
 use crate::oci::state::{self, ContainerDir, Record};
 
@@ -253,6 +253,7 @@ fn create(global: &GlobalArgs, args: &CreateArgs) -> anyhow::Result<u8> {
     // The launch checks first: a refused container leaves nothing behind.
     let policy = Policy { require_nonroot: false, root_inside_bundle: false };
     let spec = launch_checks::check_bundle(&bundle, &policy)?;
+    hooks::refuse_unsupported(spec.hooks().as_ref())?;
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     if terminal && args.console_socket.is_none() {
         bail!("process.terminal is set but no --console-socket was given");
@@ -289,17 +290,27 @@ fn start_monitor(
         pid_start: state::process_start(pid).unwrap_or_default(),
         created: state::now_rfc3339(),
         annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        hooks: spec.hooks().clone(),
     };
     let recorded = dir.write(&record);
     let answer = read_answer(ready);
-    if answer.trim() != "ok" || recorded.is_err() {
+    let hooks_ran = || {
+        let mut state = state_json(dir, &record);
+        state["status"] = json!("creating");
+        ["prestart", "createRuntime", "createContainer"]
+            .into_iter()
+            .try_for_each(|stage| hooks::run(record.hooks.as_ref(), stage, &state))
+    };
+    let failed = match (answer.trim(), recorded) {
+        (_, Err(e)) => Some(e.into()),
+        ("ok", Ok(())) => hooks_ran().err(),
+        ("", Ok(())) => Some(anyhow!("the VMM process exited before the container was created")),
+        (message, Ok(())) => Some(anyhow!("{message}")),
+    };
+    if let Some(e) = failed {
         let _ = child.kill();
         let _ = child.wait();
-        recorded?;
-        match answer.trim() {
-            "" => bail!("the VMM process exited before the container was created"),
-            message => bail!("{message}"),
-        }
+        return Err(e);
     }
     if let Some(pid_file) = &args.pid_file {
         write_atomically(pid_file, pid.to_string().as_bytes())
@@ -449,7 +460,11 @@ fn ask(global: &GlobalArgs, id: &str, request: &ControlRequest) -> anyhow::Resul
 }
 
 fn start_container(global: &GlobalArgs, id: &str) -> anyhow::Result<u8> {
-    ask(global, id, &ControlRequest::Start)
+    ask(global, id, &ControlRequest::Start)?;
+    let dir = ContainerDir::open(&global.root, id)?;
+    let record = dir.read()?;
+    hooks::run_warning(record.hooks.as_ref(), "poststart", &state_json(&dir, &record));
+    Ok(0)
 }
 
 fn kill_container(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<u8> {
@@ -514,6 +529,10 @@ fn delete(global: &GlobalArgs, args: &DeleteArgs) -> anyhow::Result<u8> {
         }
     }
     dir.remove()?;
+    let mut state = state_json(&dir, &record);
+    state["status"] = json!("stopped");
+    state["pid"] = json!(0);
+    hooks::run_warning(record.hooks.as_ref(), "poststop", &state);
     Ok(0)
 }
 
@@ -566,7 +585,7 @@ fn features() -> anyhow::Result<u8> {
     let features = json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
-        "hooks": [],
+        "hooks": hooks::SUPPORTED,
         // What the agent's mount-option parser knows (guest-agent/src/sandbox/fs.rs).
         "mountOptions": [
             "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",

@@ -5,5 +5,6 @@
 pub mod console;
 pub mod control;
 pub mod exec;
+pub mod hooks;
 pub mod monitor;
 pub mod state;

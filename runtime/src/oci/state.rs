@@ -52,6 +52,10 @@ pub struct Record {
     pub created: String,
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// config.json's hooks, for `start` (poststart) and `delete` (poststop), when the bundle
+    /// may be gone.
+    #[serde(default)]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// A container's directory under `--root`.
@@ -250,6 +254,7 @@ mod tests {
             pid_start: process_start(me).unwrap(),
             created: now_rfc3339(),
             annotations: Default::default(),
+            hooks: None,
         };
         dir.write(&record).unwrap();
         assert!(alive(&dir.read().unwrap()));

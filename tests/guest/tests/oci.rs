@@ -250,6 +250,65 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     oci.assert_nothing_left();
 }
 
+/// config.json with `hooks` set to the JSON object `hooks`.
+fn with_hooks(oci: &Oci, hooks: &str) {
+    let path = oci.bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = match text.find("\"hooks\"") {
+        None => text.replacen('{', &format!("{{\"hooks\": {hooks},"), 1),
+        Some(_) => panic!("config.json already has hooks"),
+    };
+    std::fs::write(&path, text).unwrap();
+}
+
+/// A hook that appends "STAGE STATE" to `log`.
+fn logging_hook(stage: &str, log: &Path) -> String {
+    let script = format!("read -r state; echo {stage} \"$state\" >> {}", log.display());
+    format!("{{\"path\": \"/bin/sh\", \"args\": [\"sh\", \"-c\", {script:?}]}}")
+}
+
+#[test]
+fn hooks_run_on_the_host_in_runc_order_and_a_failing_one_fails_create() {
+    let oci = Oci::new("oci-hooks");
+    oci.set_args(&["true"]);
+    let log = oci.logs.path("hooks.log");
+    let stages = ["prestart", "createRuntime", "createContainer", "poststart", "poststop"];
+    let hooks: Vec<String> = stages.iter().map(|s| format!("{s:?}: [{}]", logging_hook(s, &log))).collect();
+    let config = std::fs::read_to_string(oci.bundle.join("config.json")).unwrap();
+    with_hooks(&oci, &format!("{{{}}}", hooks.join(", ")));
+    let (code, err) = oci.create("h1");
+    assert_eq!(code, Some(0), "{err}");
+    let pid = oci.pid("h1");
+    assert_eq!(oci.verb(&["start", "h1"]).code, Some(0));
+    assert_eq!(wait_for(pid, Duration::from_secs(60)), 0);
+    assert_eq!(oci.verb(&["delete", "h1"]).code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let ran: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(ran, stages, "{text}");
+    for (line, status) in lines.iter().zip(["creating", "creating", "creating", "running", "stopped"]) {
+        assert!(line.contains("\"id\":\"h1\"") && line.contains(&format!("\"status\":\"{status}\"")), "{line}");
+    }
+    assert!(lines[1].contains(&format!("\"pid\":{pid}")), "createRuntime sees the VMM process: {}", lines[1]);
+    oci.assert_nothing_left();
+
+    // A failing createRuntime hook fails create with its message and undoes it.
+    std::fs::write(oci.bundle.join("config.json"), &config).unwrap();
+    with_hooks(&oci, r#"{"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no GPU here >&2; exit 3"]}]}"#);
+    let (code, err) = oci.create("h2");
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim(), "microvm: hook createRuntime[0] /bin/sh: exit status: 3: no GPU here");
+    oci.assert_nothing_left();
+
+    // startContainer hooks would have to run inside the guest: refused before anything starts.
+    std::fs::write(oci.bundle.join("config.json"), &config).unwrap();
+    with_hooks(&oci, r#"{"startContainer": [{"path": "/bin/true"}]}"#);
+    let (code, err) = oci.create("h3");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.trim().starts_with("microvm: hooks.startContainer (/bin/true): "), "{err}");
+    oci.assert_nothing_left();
+}
+
 #[test]
 fn twenty_containers_created_and_deleted_leave_nothing() {
     let oci = Oci::new("oci-loop");
