@@ -10,6 +10,7 @@ mod layout;
 mod oci;
 mod rootfs;
 mod sandbox;
+mod tap_net;
 mod session;
 mod spec;
 mod tty;
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
         Some(Command::Run(_) | Command::Boot(_)) => jail::close_fds_from(3),
         // ...but the VMM process of a container keeps create's pipe.
         Some(Command::Oci(cli::oci::OciCommand::Monitor(_))) => {
-            jail::close_fds_from(oci::monitor::READY_FD as u32 + 1)
+            jail::close_fds_from(oci::monitor::GO_FD as u32 + 1)
         }
         // ...as a detached exec's stand-in keeps exec's.
         Some(Command::Oci(cli::oci::OciCommand::ExecProcess(_))) => {

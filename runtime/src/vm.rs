@@ -34,8 +34,16 @@ pub struct VmSpec<'a> {
     /// jail keeps it and nothing else.
     pub dir: &'a Path,
     pub confinement: &'a ConfinementArgs,
-    /// eth0's backend (see user_net); none: the guest has no network card.
-    pub network: Option<std::sync::Arc<std::os::unix::net::UnixStream>>,
+    /// The guest's eth0; none: the guest has no network card.
+    pub network: Option<GuestNetwork>,
+}
+
+/// The guest's network card: its MAC, its backend (passt's socket, see user_net, or a tap
+/// beside the caller's veth, see tap_net) and the kernel's `ip=` parameter that configures it.
+pub struct GuestNetwork {
+    pub mac: [u8; 6],
+    pub backend: vmm::config::NetBackend,
+    pub kernel_ip: Option<String>,
 }
 
 /// A VM running on a thread of this process.
@@ -101,10 +109,12 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         uds_path: uds.clone(),
     });
 
-    if let Some(backend) = &spec.network {
-        config.nets = vec![vmm::config::NetConfig { mac: crate::user_net::GUEST_MAC, backend: backend.clone() }];
-        config.cmdline.push(' ');
-        config.cmdline.push_str(&crate::user_net::kernel_ip_param());
+    if let Some(network) = &spec.network {
+        config.nets = vec![vmm::config::NetConfig { mac: network.mac, backend: network.backend.clone() }];
+        if let Some(ip) = &network.kernel_ip {
+            config.cmdline.push(' ');
+            config.cmdline.push_str(ip);
+        }
     }
 
     config.seccomp = spec.confinement.seccomp.into();

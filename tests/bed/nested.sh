@@ -108,6 +108,9 @@ trap 'exit 129' HUP
 	echo ': > "$share/started"'
 	# udev usually has kvm-amd loaded already; make sure of it.
 	echo 'modprobe kvm-amd 2>/dev/null || modprobe kvm-intel 2>/dev/null'
+	# L1 runs no systemd, so nothing made the static /dev/net/tun node that loads tun on first
+	# open: load it (a podman or docker container's tap, runtime/src/tap_net.rs).
+	echo 'modprobe tun 2>/dev/null'
 	# L1 has no network card; a dummy one with the default route stands in for a host's
 	# uplink, which `microvm run --network user` (passt) needs. 192.0.2.0/24 is TEST-NET-1.
 	echo 'ip link add uplink0 type dummy && ip addr add 192.0.2.1/24 dev uplink0 && ip link set uplink0 up && ip route add default via 192.0.2.254'

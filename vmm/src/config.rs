@@ -39,13 +39,21 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
-/// A virtio-net card whose frames travel over `backend`, a connected Unix stream socket
-/// speaking the length-prefixed protocol of QEMU's `-netdev stream` and passt (see
-/// `devices::virtio::net`).
+/// A virtio-net card whose frames travel over `backend` (see `devices::virtio::net`).
 #[derive(Clone, Debug)]
 pub struct NetConfig {
     pub mac: [u8; 6],
-    pub backend: std::sync::Arc<std::os::unix::net::UnixStream>,
+    pub backend: NetBackend,
+}
+
+/// A card's backend, shared with the caller (which may keep its own end or handle).
+#[derive(Clone, Debug)]
+pub enum NetBackend {
+    /// A connected Unix stream socket speaking the length-prefixed protocol of QEMU's
+    /// `-netdev stream` and passt.
+    Stream(std::sync::Arc<std::os::unix::net::UnixStream>),
+    /// A tap device (`IFF_TAP | IFF_NO_PI`) the caller opened.
+    Tap(std::sync::Arc<std::fs::File>),
 }
 
 /// Most virtio devices: one interrupt line each, from IRQ 5 to IOAPIC pin 23.

@@ -176,8 +176,13 @@ impl Vmm {
             config.cmdline.push_str(&declaration);
         }
         for net in &config.nets {
-            let socket = net.backend.try_clone().map_err(devices::virtio::net::NetError::Socket)?;
-            let declaration = mmio.add(MmioTransport::new(Box::new(Net::new(net.mac, socket)?), mem.clone())?);
+            use devices::virtio::net::{Backend, NetError};
+            let backend = match &net.backend {
+                config::NetBackend::Stream(s) => s.try_clone().map(Backend::Stream),
+                config::NetBackend::Tap(f) => f.try_clone().map(Backend::Tap),
+            }
+            .map_err(NetError::Socket)?;
+            let declaration = mmio.add(MmioTransport::new(Box::new(Net::new(net.mac, backend)?), mem.clone())?);
             config.cmdline.push(' ');
             config.cmdline.push_str(&declaration);
         }

@@ -167,7 +167,10 @@ fn fork_and_report(channel: &mut Channel) -> Result<(), Failure> {
 }
 
 /// The namespaces to create. A namespace `path` names a host namespace, which means nothing
-/// in the guest: the container gets a new one (the VMM is what joins host namespaces).
+/// in the guest: the container gets a new one (the VMM is what joins host namespaces). The
+/// network is the exception: the VM is the container's network namespace (its card, if any,
+/// stands for the interface the caller made in the namespace it named), so the container
+/// shares the guest's, which holds nothing else (the agent speaks only vsock).
 fn namespace_flags(spec: &Spec) -> Result<CloneFlags, Failure> {
     let mut flags = CloneFlags::empty();
     let namespaces = spec
@@ -181,7 +184,7 @@ fn namespace_flags(spec: &Spec) -> Result<CloneFlags, Failure> {
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
             LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
-            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Network => CloneFlags::empty(),
             LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
             LinuxNamespaceType::User => {
                 return Err(Failure::new(

@@ -4,7 +4,7 @@
 //! it over its control socket (`oci::control`).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::launch_checks::{self, Policy};
 use crate::oci::control::{self, ControlAnswer, ControlError, ControlRequest, Status};
 use crate::oci::{exec, hooks};
-use crate::oci::monitor::READY_FD;
+use crate::oci::monitor::{GO_FD, NETNS_READY, READY_FD};
 use crate::oci::state::{self, ContainerDir, Record};
 
 /// The runtime-spec version these verbs speak.
@@ -280,7 +280,8 @@ fn start_monitor(
     if let Some(socket) = &args.console_socket {
         command.arg("--console-socket").arg(std::path::absolute(socket)?);
     }
-    let (mut child, ready) = spawn_with_ready_pipe(command, READY_FD).context("create: start the VMM process")?;
+    let (mut child, ready, go) =
+        spawn_with_pipes(command, READY_FD, Some(GO_FD)).context("create: start the VMM process")?;
     let pid = child.id() as i32;
     let record = Record {
         id: args.id.clone(),
@@ -293,20 +294,32 @@ fn start_monitor(
         hooks: spec.hooks().clone(),
     };
     let recorded = dir.write(&record);
-    let answer = read_answer(ready);
-    let hooks_ran = || {
+    // The hooks see the VMM process's pid, the container's stand-in, with status "creating".
+    let hooks_ran = |stages: &[&str]| {
         let mut state = state_json(dir, &record);
         state["status"] = json!("creating");
-        ["prestart", "createRuntime", "createContainer"]
-            .into_iter()
-            .try_for_each(|stage| hooks::run(record.hooks.as_ref(), stage, &state))
+        stages.iter().try_for_each(|stage| hooks::run(record.hooks.as_ref(), stage, &state))
     };
-    let failed = match (answer.trim(), recorded) {
-        (_, Err(e)) => Some(e.into()),
-        ("ok", Ok(())) => hooks_ran().err(),
-        ("", Ok(())) => Some(anyhow!("the VMM process exited before the container was created")),
-        (message, Ok(())) => Some(anyhow!("{message}")),
-    };
+    let mut ready = std::io::BufReader::new(ready);
+    let mut answer = String::new();
+    let _ = ready.by_ref().take(64 * 1024).read_line(&mut answer);
+    let mut failed = recorded.err().map(anyhow::Error::from);
+    if failed.is_none() && answer.trim() == NETNS_READY {
+        // The VMM process is in the container's network namespace and waits: the hooks that
+        // fill it (docker's libnetwork) run before the VM is built around it.
+        failed = hooks_ran(&["prestart", "createRuntime"]).err();
+        if failed.is_none() {
+            let _ = go.as_ref().map(|mut g| g.write_all(b"g"));
+        }
+        answer.clear();
+        let _ = ready.take(64 * 1024).read_to_string(&mut answer);
+    }
+    drop(go);
+    failed = failed.or(match answer.trim() {
+        "ok" => hooks_ran(&["createContainer"]).err(),
+        "" => Some(anyhow!("the VMM process exited before the container was created")),
+        message => Some(anyhow!("{message}")),
+    });
     if let Some(e) = failed {
         let _ = child.kill();
         let _ = child.wait();
@@ -322,24 +335,35 @@ fn start_monitor(
 }
 
 /// Starts a process that stands in for a container's process (the VMM process, or a
-/// detached exec's) with a pipe's write end at `fd`, on which it says "ok" or why it failed;
-/// returns the child and the pipe's read end.
-fn spawn_with_ready_pipe(mut command: Command, fd: RawFd) -> anyhow::Result<(Child, File)> {
+/// detached exec's) with a pipe's write end at `fd`, on which it says "ok" or why it failed,
+/// and, with `go_fd`, a second pipe's read end there, on which we answer it; returns the
+/// child, the first pipe's read end and the second's write end.
+fn spawn_with_pipes(mut command: Command, fd: RawFd, go_fd: Option<RawFd>) -> anyhow::Result<(Child, File, Option<File>)> {
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-    let write_fd = ready_write.as_raw_fd();
+    let go = go_fd.map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)).transpose().context("pipe")?;
+    let mut moves = vec![(ready_write.as_raw_fd(), fd)];
+    if let (Some((go_read, _)), Some(go_fd)) = (&go, go_fd) {
+        moves.push((go_read.as_raw_fd(), go_fd));
+    }
     // SAFETY: the closure runs in the forked child before exec and calls only dup2, which is
-    // async-signal-safe, on a descriptor open until spawn returns. dup2 leaves the copy
-    // without close-on-exec, so the child inherits it at `fd`.
+    // async-signal-safe, on descriptors open until spawn returns. dup2 leaves each copy
+    // without close-on-exec, so the child inherits it at its place. The go pipe is made after
+    // the ready pipe, so its read end is above both of the ready pipe's ends and above `fd`
+    // (the lowest free numbers go first): the first move cannot overwrite the second's
+    // source, and no source already sits at its target (a dup2 onto itself would keep
+    // close-on-exec).
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(write_fd, fd) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for &(from, to) in &moves {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         })
     };
     let child = command.spawn()?;
-    Ok((child, File::from(ready_read)))
+    Ok((child, File::from(ready_read), go.map(|(_, write)| File::from(write))))
 }
 
 /// The stand-in's first line (empty if it exited without one).
@@ -380,7 +404,7 @@ fn exec(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<u8> {
     if let Some(socket) = &console_socket {
         command.arg("--console-socket").arg(socket);
     }
-    let (mut child, ready) = spawn_with_ready_pipe(command, exec::READY_FD).context("exec: start the process")?;
+    let (mut child, ready, _) = spawn_with_pipes(command, exec::READY_FD, None).context("exec: start the process")?;
     let answer = read_answer(ready);
     if answer.trim() != "ok" {
         let _ = child.kill();

@@ -166,7 +166,11 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
             console: args.console.as_deref(),
             dir: sandbox.path(),
             confinement: &args.confinement,
-            network: network.as_ref().map(|n| n.socket.clone()),
+            network: network.as_ref().map(|n| crate::vm::GuestNetwork {
+                mac: crate::user_net::GUEST_MAC,
+                backend: vmm::config::NetBackend::Stream(n.socket.clone()),
+                kernel_ip: Some(crate::user_net::kernel_ip_param()),
+            }),
         },
         start,
     )?;

@@ -1,6 +1,10 @@
 //! The VMM process of one OCI container: what `create` leaves running, standing in on the host
 //! for the container's process (as runV and Kata 1.x did). It
-//! 1. joins the network namespace config.json names, if any, and binds its control socket;
+//! 1. joins the network namespace config.json names by path, or makes a new one when it names
+//!    one without a path (as runc makes the container's), says so on the pipe (`netns`) and
+//!    waits for `create` to run the prestart and createRuntime hooks there (docker's
+//!    libnetwork moves the container's veth in from such a hook); then carries the caller's
+//!    interface into the guest (`tap_net`) and binds its control socket;
 //! 2. with a terminal, hands the pty master to the caller's console socket;
 //! 3. boots the VM (then the jail and seccomp: see `vm::boot`) and asks the agent to create
 //!    the container, its process held before exec;
@@ -12,7 +16,7 @@
 //!    and the VM is off.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -44,6 +48,11 @@ const VCPUS: u8 = 1;
 
 /// Where `create` puts the write end of its pipe in this process.
 pub const READY_FD: RawFd = 3;
+/// ... and the read end of the pipe on which it says the hooks have run (a byte) or gives up
+/// (end of file).
+pub const GO_FD: RawFd = 4;
+/// The line that tells `create` the network namespace is ready for its hooks.
+pub const NETNS_READY: &str = "netns";
 
 /// The hidden `microvm monitor` subcommand that `create` starts.
 #[derive(Debug, clap::Args)]
@@ -64,7 +73,7 @@ pub fn run(root: &Path, args: MonitorArgs, start: Instant) -> u8 {
     let mut ready = unsafe { File::from_raw_fd(READY_FD) };
     let prepared = ContainerDir::open_claimed(root, &args.id)
         .map_err(anyhow::Error::from)
-        .and_then(|dir| prepare(&dir, &args, start));
+        .and_then(|dir| prepare(&dir, &args, start, &mut ready));
     match prepared {
         Err(e) => {
             let _ = writeln!(ready, "{}", crate::one_line(&e));
@@ -87,7 +96,7 @@ struct Created {
     vm_done: crate::session::VmDone,
 }
 
-fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Result<Created> {
+fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant, ready: &mut File) -> anyhow::Result<Created> {
     let policy = Policy { require_nonroot: false, root_inside_bundle: false };
     let mut spec = launch_checks::check_bundle(&args.bundle, &policy)?;
     let files = crate::binds::copy_into_guest(&mut spec)?;
@@ -96,7 +105,19 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
         .as_ref()
         .map(|r| args.bundle.join(r.path()))
         .ok_or_else(|| anyhow!("{}: config.json has no root", args.bundle.display()))?;
-    join_network_namespace(&spec)?;
+    let own_network = enter_network_namespace(&spec)?;
+    writeln!(ready, "{NETNS_READY}").context("tell create the network namespace is ready")?;
+    wait_for_hooks()?;
+    // Only in the container's own namespace: in the host's (no network namespace in the
+    // config) the host's interfaces must stay the host's.
+    let network = match own_network {
+        true => crate::tap_net::attach()?.map(|attached| crate::vm::GuestNetwork {
+            mac: attached.interface.mac,
+            kernel_ip: attached.interface.kernel_ip_param(),
+            backend: vmm::config::NetBackend::Tap(Arc::new(attached.tap)),
+        }),
+        false => None,
+    };
     let socket = dir.control_socket();
     let context = || format!("control socket {}", socket.display());
     let listener = control::enter_dir_of(&socket)
@@ -120,7 +141,7 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant) -> anyhow::Re
             console: None,
             dir: &vm_dir,
             confinement: &args.confinement,
-            network: None,
+            network,
         },
         start,
     )?;
@@ -361,19 +382,38 @@ fn forward_window_size(pty: OwnedFd, pid: u32, agent: Arc<AgentClient>) {
     });
 }
 
-/// Joins the network namespace config.json names by path (podman's and docker's own), so
-/// that the VM's networking, once it has some, lives there.
-fn join_network_namespace(spec: &Spec) -> anyhow::Result<()> {
-    let path = spec
+/// Joins the network namespace config.json names by path (podman's), or makes a new one
+/// when it names one without a path (docker's, filled by its prestart hook), so that the VM's
+/// network card stands beside the container's interfaces. Returns whether the process is in
+/// a namespace of the container's (false: the config has none, the host's network).
+fn enter_network_namespace(spec: &Spec) -> anyhow::Result<bool> {
+    let namespace = spec
         .linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
-        .and_then(|n| n.path().clone());
-    let Some(path) = path else { return Ok(()) };
-    let file = File::open(&path).with_context(|| format!("network namespace {}", path.display()))?;
-    setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("network namespace {}: setns", path.display()))
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network).cloned());
+    let Some(namespace) = namespace else { return Ok(false) };
+    match namespace.path() {
+        Some(path) => {
+            let file = File::open(path).with_context(|| format!("network namespace {}", path.display()))?;
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("network namespace {}: setns", path.display()))?;
+        }
+        None => nix::sched::unshare(CloneFlags::CLONE_NEWNET).context("unshare the network namespace")?,
+    }
+    Ok(true)
+}
+
+/// Waits for `create`'s word that the prestart and createRuntime hooks have run.
+fn wait_for_hooks() -> anyhow::Result<()> {
+    // SAFETY: `create` placed its go pipe's read end at GO_FD for this process alone; main
+    // kept it open and nothing else here owns it.
+    let mut go = unsafe { File::from_raw_fd(GO_FD) };
+    let mut byte = [0u8; 1];
+    match go.read(&mut byte) {
+        Ok(1) => Ok(()),
+        _ => bail!("create gave up before the container was made"),
+    }
 }
 
 fn dup(fd: &OwnedFd) -> anyhow::Result<OwnedFd> {

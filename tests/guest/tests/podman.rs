@@ -182,6 +182,65 @@ fn podman_runs_an_installed_microvm_with_no_environment() {
     assert_eq!(out.stdout, "", "{out:?}");
 }
 
+/// GET `url_path` from `addr` over plain HTTP/1.0; the body, or None when nothing answered.
+fn http_get(addr: &str, url_path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {url_path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// podman's default bridge network (CNI: a veth in the container's namespace) carried into
+/// the VM: a published port reaches the container's httpd from L1, a second container reaches
+/// the first by its IP, and a container reaches a server on L1 through the bridge's gateway.
+#[test]
+fn podman_bridge_network_publishes_ports_and_joins_containers() {
+    let case = Case::new("podman-net");
+    let podman = Podman::new(&case);
+    let image = "localhost/busybox";
+    let out = podman.run(&["run", "-d", "-p", "18080:80", image, "httpd", "-f", "-p", "80", "-h", "/etc"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let id = out.stdout.trim().to_owned();
+    let hostname = format!("{}\n", &id[..12]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let page = loop {
+        match http_get("127.0.0.1:18080", "/hostname") {
+            Some(page) => break page,
+            None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+            None => panic!("the published port never answered; logs: {:?}", podman.run(&["logs", &id])),
+        }
+    };
+    assert_eq!(page, hostname);
+
+    let ip = podman.run(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id]).stdout.trim().to_owned();
+    assert!(ip.starts_with("10.88."), "{ip:?}");
+    let url = format!("http://{ip}/hostname");
+    let out = podman.run(&["run", "--rm", image, "wget", "-q", "-O", "-", &url]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), hostname.as_str()), "{out:?}");
+
+    // A server on L1, reached through the default route's gateway (the bridge's address).
+    let server = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let serving = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut peer, _) = server.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = peer.read(&mut request);
+        peer.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-l1\n").unwrap();
+    });
+    let script = format!("wget -q -O - http://$(ip route | awk '/^default/ {{print $3}}'):{port}/");
+    let out = podman.run(&["run", "--rm", image, "sh", "-c", &script]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "from-l1\n"), "{out:?}");
+    serving.join().unwrap();
+
+    let rm = podman.run(&["rm", "-f", "-t", "2", &id]);
+    assert_eq!(rm.code, Some(0), "{rm:?}");
+    podman.assert_nothing_left();
+}
+
 #[test]
 fn podman_run_it_gives_the_container_the_terminal() {
     let case = Case::new("podman-tty");

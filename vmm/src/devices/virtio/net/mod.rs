@@ -1,5 +1,6 @@
 //! virtio-net (virtio 1.2, section 5.1): one Ethernet interface, its frames carried over a
-//! connected Unix stream socket to a user-mode network stack (passt; see [`stream`]).
+//! connected Unix stream socket to a user-mode network stack (passt), or to a tap device the
+//! runtime opened beside a container's veth ([`Backend`]; the wire: [`stream`]).
 //!
 //! The device offers only its MAC address: no checksum or segmentation offloads, one rx and
 //! one tx queue. [`frame`] moves one frame between a descriptor chain and a buffer (no file
@@ -12,8 +13,9 @@
 pub mod frame;
 pub mod stream;
 
-use std::io;
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use virtio_queue::QueueT;
@@ -22,7 +24,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::log_limit::LogLimit;
 use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
-use stream::{Inbound, Outbound};
+use stream::{Framing, Inbound, Outbound};
 
 /// Device ID of a network card (section 5).
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -37,17 +39,79 @@ pub enum NetError {
     Socket(io::Error),
 }
 
+/// Where a card's frames go: a stream socket (length-prefixed) or a tap device (one frame per
+/// read or write). Either is made non-blocking by [`Net::new`].
+pub enum Backend {
+    Stream(UnixStream),
+    Tap(File),
+}
+
+impl Backend {
+    fn framing(&self) -> Framing {
+        match self {
+            Backend::Stream(_) => Framing::LengthPrefixed,
+            Backend::Tap(_) => Framing::Datagram,
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Backend::Stream(s) => s.set_nonblocking(true),
+            Backend::Tap(f) => {
+                // SAFETY: fcntl on a descriptor `f` owns, with integer arguments only.
+                let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+                // SAFETY: as above.
+                if flags < 0 || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl AsRawFd for Backend {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Backend::Stream(s) => s.as_raw_fd(),
+            Backend::Tap(f) => f.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Backend {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Backend::Stream(s) => s.read(buf),
+            Backend::Tap(f) => f.read(buf),
+        }
+    }
+}
+
+impl Write for Backend {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Backend::Stream(s) => s.write(buf),
+            Backend::Tap(f) => f.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct Net {
     mac: [u8; 6],
     /// Taken by the worker at activation.
-    socket: Option<UnixStream>,
+    socket: Option<Backend>,
 }
 
 impl Net {
-    /// A network card with address `mac` whose frames go to and come from `socket`.
-    pub fn new(mac: [u8; 6], socket: UnixStream) -> Result<Self, NetError> {
-        socket.set_nonblocking(true).map_err(NetError::Socket)?;
-        Ok(Self { mac, socket: Some(socket) })
+    /// A network card with address `mac` whose frames go to and come from `backend`.
+    pub fn new(mac: [u8; 6], backend: Backend) -> Result<Self, NetError> {
+        backend.set_nonblocking().map_err(NetError::Socket)?;
+        Ok(Self { mac, socket: Some(backend) })
     }
 }
 
@@ -97,7 +161,7 @@ struct Worker {
     mem: GuestMemoryMmap,
     rx: ActiveQueue,
     tx: ActiveQueue,
-    socket: UnixStream,
+    socket: Backend,
     interrupt: Interrupt,
     epoll: Epoll,
     inbound: Inbound,
@@ -110,7 +174,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(mem: GuestMemoryMmap, rx: ActiveQueue, tx: ActiveQueue, socket: UnixStream, interrupt: Interrupt) -> io::Result<Self> {
+    fn new(mem: GuestMemoryMmap, rx: ActiveQueue, tx: ActiveQueue, socket: Backend, interrupt: Interrupt) -> io::Result<Self> {
+        let framing = socket.framing();
         let epoll = Epoll::new()?;
         for (fd, token) in [(rx.kick.as_raw_fd(), TOKEN_RX), (tx.kick.as_raw_fd(), TOKEN_TX)] {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))?;
@@ -123,8 +188,8 @@ impl Worker {
             socket,
             interrupt,
             epoll,
-            inbound: Inbound::default(),
-            outbound: Outbound::default(),
+            inbound: Inbound::new(framing),
+            outbound: Outbound::new(framing),
             watching: EventSet::IN,
             frame: Vec::with_capacity(frame::MAX_FRAME),
             bad_chains: LogLimit::default(),
@@ -288,7 +353,7 @@ mod tests {
     #[test]
     fn identity_and_config_space() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let dev = Net::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], a).unwrap();
+        let dev = Net::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], Backend::Stream(a)).unwrap();
         assert_eq!((dev.device_type(), dev.queue_max_sizes().len()), (1, 2));
         assert_eq!(dev.features(), VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
         let mut cfg = [0xffu8; 8];
@@ -304,7 +369,7 @@ mod tests {
         let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let interrupt = Interrupt::new(Arc::new(AtomicU32::new(0)), irq.clone());
         let (device_end, mut backend) = UnixStream::pair().unwrap();
-        let mut dev = Net::new([2; 6], device_end).unwrap();
+        let mut dev = Net::new([2; 6], Backend::Stream(device_end)).unwrap();
         let queues = [&rx, &tx].into_iter().zip(&kicks).map(|(r, k)| ActiveQueue { queue: r.queue(), kick: k.try_clone().unwrap() });
         dev.activate(mem.clone(), queues.collect(), interrupt).unwrap();
         backend.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

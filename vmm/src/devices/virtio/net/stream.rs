@@ -1,8 +1,13 @@
-//! The network backend's wire: Ethernet frames over a Unix stream socket, each behind its
-//! length as a 4-byte big-endian integer. This is the protocol of QEMU's `-netdev stream` and
-//! of passt (`passt --fd`), so any of their backends can serve a microvm guest. The socket is
-//! non-blocking: [`Inbound`] collects a frame across partial reads and [`Outbound`] keeps
-//! what the socket would not take yet.
+//! The network backend's wire, in one of two framings ([`Framing`]):
+//! - length-prefixed: Ethernet frames over a Unix stream socket, each behind its length as a
+//!   4-byte big-endian integer. This is the protocol of QEMU's `-netdev stream` and of passt
+//!   (`passt --fd`), so any of their backends can serve a microvm guest;
+//! - datagram: a tap device (`IFF_TAP | IFF_NO_PI`), where each read(2) returns one frame and
+//!   each write(2) takes one.
+//!
+//! The descriptor is non-blocking: [`Inbound`] collects a frame across partial reads and
+//! [`Outbound`] keeps what the backend would not take yet (it holds frames behind their
+//! length in both framings, and writes the prefix only to a stream).
 
 use std::io::{self, Read, Write};
 
@@ -10,24 +15,42 @@ use super::frame::{MAX_FRAME, MIN_FRAME};
 
 const PREFIX: usize = 4;
 
-/// Frames read from the socket, one at a time.
+/// How frames are delimited on the backend's descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// A byte stream, each frame behind its 4-byte big-endian length (passt, QEMU's stream).
+    #[default]
+    LengthPrefixed,
+    /// One frame per read or write (a tap device).
+    Datagram,
+}
+
+/// Frames read from the backend, one at a time.
 pub struct Inbound {
     buf: Box<[u8]>,
     /// Bytes of the current prefix and frame read so far.
     have: usize,
+    framing: Framing,
 }
 
 impl Default for Inbound {
     fn default() -> Self {
-        Self { buf: vec![0; PREFIX + MAX_FRAME].into_boxed_slice(), have: 0 }
+        Self::new(Framing::LengthPrefixed)
     }
 }
 
 impl Inbound {
+    pub fn new(framing: Framing) -> Self {
+        Self { buf: vec![0; PREFIX + MAX_FRAME].into_boxed_slice(), have: 0, framing }
+    }
+
     /// Reads until a whole frame is in: `Ok(Some(frame))`, until taken with [`Self::take`];
     /// `Ok(None)` when the socket has no more for now. End of file and a length no Ethernet
     /// frame has are errors: the backend is gone or is not speaking this protocol.
     pub fn read_frame(&mut self, socket: &mut impl Read) -> io::Result<Option<&[u8]>> {
+        if self.framing == Framing::Datagram {
+            return self.read_datagram(socket);
+        }
         loop {
             let need = match self.frame_len()? {
                 None => PREFIX,
@@ -50,6 +73,25 @@ impl Inbound {
     }
 
     /// The length of the frame being read, once its prefix is in.
+    /// One read is one frame; the frame is kept behind a length prefix as a stream's would be.
+    fn read_datagram(&mut self, device: &mut impl Read) -> io::Result<Option<&[u8]>> {
+        while self.have == 0 {
+            match device.read(&mut self.buf[PREFIX..]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the backend closed")),
+                // A runt the kernel let through is dropped, not an error: the device stays up.
+                Ok(n) if n < MIN_FRAME => {}
+                Ok(n) => {
+                    self.buf[..PREFIX].copy_from_slice(&(n as u32).to_be_bytes());
+                    self.have = PREFIX + n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(&self.buf[PREFIX..self.have]))
+    }
+
     fn frame_len(&self) -> io::Result<Option<usize>> {
         if self.have < PREFIX {
             return Ok(None);
@@ -67,9 +109,14 @@ impl Inbound {
 pub struct Outbound {
     buf: Vec<u8>,
     sent: usize,
+    framing: Framing,
 }
 
 impl Outbound {
+    pub fn new(framing: Framing) -> Self {
+        Self { framing, ..Self::default() }
+    }
+
     /// Whether everything queued has been written: only then is another frame taken from the guest.
     pub fn is_empty(&self) -> bool {
         self.sent == self.buf.len()
@@ -89,9 +136,22 @@ impl Outbound {
     /// Writes what the socket takes; `Ok(true)` once nothing is left.
     pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<bool> {
         while !self.is_empty() {
-            match socket.write(&self.buf[self.sent..]) {
+            // A datagram backend gets each frame whole, without its prefix, in one write.
+            let (skip, len) = match self.framing {
+                Framing::LengthPrefixed => (0, self.buf.len() - self.sent),
+                Framing::Datagram => {
+                    let at = self.sent;
+                    let prefix = [self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]];
+                    (PREFIX, u32::from_be_bytes(prefix) as usize)
+                }
+            };
+            let start = self.sent + skip;
+            match socket.write(&self.buf[start..start + len]) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the backend takes no more")),
-                Ok(n) => self.sent += n,
+                Ok(n) if self.framing == Framing::Datagram && n != len => {
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, format!("the backend took {n} of a {len}-byte frame")))
+                }
+                Ok(n) => self.sent += skip + n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -196,5 +256,62 @@ mod tests {
         assert!(out.flush(&mut socket).unwrap());
         assert_eq!(socket.taken, wire(&[&[9u8; 100]]));
         assert!(out.is_empty());
+    }
+
+    /// A tap device: each read gives one queued frame, each write is one frame.
+    #[derive(Default)]
+    struct Tap {
+        incoming: Vec<Vec<u8>>,
+        written: Vec<Vec<u8>>,
+        /// Writes taken before the device is "full" (WouldBlock).
+        room: usize,
+    }
+
+    impl Read for Tap {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.incoming.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let frame = self.incoming.remove(0);
+            buf[..frame.len()].copy_from_slice(&frame);
+            Ok(frame.len())
+        }
+    }
+
+    impl Write for Tap {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.room -= 1;
+            self.written.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_tap_gets_and_gives_whole_frames_without_prefixes() {
+        let big = vec![7u8; MAX_FRAME];
+        let mut tap = Tap { incoming: vec![vec![1; 60], vec![2; 5], big.clone()], room: 1, ..Tap::default() };
+        let mut inbound = Inbound::new(Framing::Datagram);
+        assert_eq!(inbound.read_frame(&mut tap).unwrap(), Some(&[1u8; 60][..]));
+        // Until taken, the same frame is offered again.
+        assert_eq!(inbound.read_frame(&mut tap).unwrap().map(<[u8]>::len), Some(60));
+        inbound.take();
+        // The 5-byte runt is dropped; the largest frame comes whole.
+        assert_eq!(inbound.read_frame(&mut tap).unwrap(), Some(&big[..]));
+        inbound.take();
+        assert_eq!(inbound.read_frame(&mut tap).unwrap(), None);
+
+        let mut outbound = Outbound::new(Framing::Datagram);
+        outbound.push(&[3; 42]);
+        outbound.push(&[4; 1514]);
+        assert!(!outbound.flush(&mut tap).unwrap(), "the second frame waits for room");
+        tap.room = 5;
+        assert!(outbound.flush(&mut tap).unwrap());
+        assert_eq!(tap.written, vec![vec![3; 42], vec![4; 1514]]);
     }
 }
