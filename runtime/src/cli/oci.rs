@@ -280,7 +280,7 @@ fn start_monitor(
     if let Some(socket) = &args.console_socket {
         command.arg("--console-socket").arg(std::path::absolute(socket)?);
     }
-    let (mut child, ready, go) =
+    let (mut child, ready, mut go) =
         spawn_with_pipes(command, READY_FD, Some(GO_FD)).context("create: start the VMM process")?;
     let pid = child.id() as i32;
     let record = Record {
@@ -298,6 +298,7 @@ fn start_monitor(
     let hooks_ran = |stages: &[&str]| {
         let mut state = state_json(dir, &record);
         state["status"] = json!("creating");
+        state["pid"] = json!(record.pid);
         stages.iter().try_for_each(|stage| hooks::run(record.hooks.as_ref(), stage, &state))
     };
     let mut ready = std::io::BufReader::new(ready);
@@ -311,6 +312,8 @@ fn start_monitor(
         if failed.is_none() {
             let _ = go.as_ref().map(|mut g| g.write_all(b"g"));
         }
+        // Closed either way: after a failed hook the end of file makes the VMM process give up.
+        drop(go.take());
         answer.clear();
         let _ = ready.take(64 * 1024).read_to_string(&mut answer);
     }

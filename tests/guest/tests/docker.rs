@@ -81,6 +81,12 @@ struct Docker {
 
 impl Docker {
     fn new(case: &Case) -> Self {
+        Self::start(case, false)
+    }
+
+    /// With `bridge`, dockerd makes its default bridge (docker0) with iptables rules, as a
+    /// stock install does; without, no bridge and no iptables.
+    fn start(case: &Case, bridge: bool) -> Self {
         let dir = TempDir::new("docker");
         let wrapper = dir.path("microvm-runtime");
         let mut script = String::from("#!/bin/sh\n");
@@ -98,7 +104,7 @@ impl Docker {
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = |name: &str| dir.path(name).to_string_lossy().into_owned();
         let dockerd_socket = path("docker.sock");
-        let dockerd_args = [
+        let mut dockerd_args = vec![
             ("--containerd", path("containerd.sock")),
             ("--data-root", path("data")),
             ("--exec-root", path("exec")),
@@ -113,6 +119,9 @@ impl Docker {
             ("--bridge", "none".into()),
             ("--shutdown-timeout", "5".into()),
         ];
+        if bridge {
+            dockerd_args.retain(|(flag, _)| !["--iptables", "--ip6tables", "--ip-masq", "--bridge"].contains(flag));
+        }
 
         let containerd_socket = path("containerd.sock");
         std::fs::write(
@@ -306,6 +315,47 @@ fn docker_runs_containers_in_microvms() {
     let code = docker.run(&["inspect", "-f", "{{.State.ExitCode}}", &id]);
     assert_eq!(code.stdout.trim(), "137", "{code:?}");
     let rm = docker.run(&["rm", &id]);
+    assert_eq!(rm.code, Some(0), "{rm:?}");
+    docker.assert_nothing_left();
+}
+
+/// GET `url_path` from `addr` over plain HTTP/1.0; the body, or None when nothing answered.
+fn http_get(addr: &str, url_path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {url_path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// docker's default bridge (docker0, iptables on): libnetwork fills the network namespace
+/// from its prestart hook, which microvm runs before the VM is built around that namespace;
+/// a published port reaches the container's httpd from L1, and so does its bridge address.
+#[test]
+fn docker_bridge_network_publishes_ports() {
+    let case = Case::new("docker-net");
+    let docker = Docker::start(&case, true);
+    let image = "localhost/busybox";
+    let run = ["run", "--runtime=microvm", "--security-opt", "apparmor=unconfined"];
+    let out = docker.run(&[&run[..], &["-d", "-p", "18081:80", image, "httpd", "-f", "-p", "80", "-h", "/etc"]].concat());
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let id = out.stdout.trim().to_owned();
+    let hostname = format!("{}\n", &id[..12]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let page = loop {
+        match http_get("127.0.0.1:18081", "/hostname") {
+            Some(page) => break page,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+            None => panic!("the published port never answered; logs: {:?}", docker.run(&["logs", &id])),
+        }
+    };
+    assert_eq!(page, hostname);
+    let ip = docker.run(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id]).stdout.trim().to_owned();
+    assert!(ip.starts_with("172."), "{ip:?}");
+    assert_eq!(http_get(&format!("{ip}:80"), "/hostname"), Some(hostname));
+    let rm = docker.run(&["rm", "-f", &id]);
     assert_eq!(rm.code, Some(0), "{rm:?}");
     docker.assert_nothing_left();
 }

@@ -204,7 +204,8 @@ fn podman_bridge_network_publishes_ports_and_joins_containers() {
     let out = podman.run(&["run", "-d", "-p", "18080:80", image, "httpd", "-f", "-p", "80", "-h", "/etc"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let id = out.stdout.trim().to_owned();
-    let hostname = format!("{}\n", &id[..12]);
+    // podman writes the container's /etc/hostname without a newline.
+    let hostname = id[..12].to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let page = loop {
         match http_get("127.0.0.1:18080", "/hostname") {
