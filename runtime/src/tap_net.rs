@@ -18,8 +18,10 @@
 //! the VMM's threads are confined); the tap itself through TUNSETIFF, which netlink cannot do
 //! (the kernel refuses to create tun/tap links over rtnetlink).
 //!
-//! Nothing is left behind: the tap goes with its descriptor, and the filters on the veth go
-//! with the veth, which the caller deletes with its namespace.
+//! Nothing is left behind: the tap goes with its descriptor (the VMM process), and `delete`
+//! removes the ingress qdisc, and with it the filter, from the caller's interface
+//! ([`detach`]); a stale one (a VMM process killed before its `delete`) is replaced when the
+//! next container attaches in the same namespace.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,6 +32,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::tc::TcHandle;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// The tap's name in the container's network namespace.
@@ -87,6 +90,42 @@ pub fn attach() -> anyhow::Result<Option<Attached>> {
             .with_context(|| format!("network: join {} and {TAP_NAME}", interface.name))?;
         Ok(Some(Attached { tap, interface }))
     })
+}
+
+/// Undoes step 3 on the caller's interface in the network namespace at `namespace` (the tap
+/// is gone with the VMM process). A namespace that is gone already has nothing to undo.
+pub fn detach(namespace: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(file) = File::open(namespace) else { return Ok(()) };
+    // setns moves only the calling thread into the namespace: a thread of its own keeps this
+    // process where it is.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("network namespace {}: setns", namespace.display()))?;
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+                runtime.block_on(async {
+                    let (connection, handle, _) = rtnetlink::new_connection().context("network: netlink socket")?;
+                    tokio::spawn(connection);
+                    if let Some(interface) = find_interface(&handle).await? {
+                        remove_ingress(&handle, interface.index).await;
+                    }
+                    Ok(())
+                })
+            })
+            .join()
+            .map_err(|_| anyhow!("network: the detaching thread panicked"))?
+    })
+}
+
+/// Removes `index`'s ingress qdisc and its filters, if it has one.
+async fn remove_ingress(handle: &Handle, index: u32) {
+    let Ok(index) = i32::try_from(index) else { return };
+    let mut request = handle.qdisc().del(index);
+    request.message_mut().header.parent = TcHandle::INGRESS;
+    request.message_mut().header.handle = TcHandle::from(0xffff_0000);
+    // None there (the usual case at attach) is not an error.
+    let _ = request.execute().await;
 }
 
 /// Step 1.
@@ -160,6 +199,8 @@ async fn join(handle: &Handle, interface: &Interface, tap: u32) -> anyhow::Resul
         .execute()
         .await
         .context("set the tap's MTU and bring it up")?;
+    // What a container killed before its `delete` left on the interface.
+    remove_ingress(handle, interface.index).await;
     for (from, to) in [(interface.index, tap), (tap, interface.index)] {
         let index = i32::try_from(from).context("interface index")?;
         handle.qdisc().add(index).ingress().execute().await.with_context(|| format!("ingress qdisc on link {from}"))?;

@@ -292,6 +292,12 @@ fn start_monitor(
         created: state::now_rfc3339(),
         annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
         hooks: spec.hooks().clone(),
+        network_namespace: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| ns.iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network))
+            .and_then(|n| n.path().clone()),
     };
     let recorded = dir.write(&record);
     // The hooks see the VMM process's pid, the container's stand-in, with status "creating".
@@ -556,6 +562,11 @@ fn delete(global: &GlobalArgs, args: &DeleteArgs) -> anyhow::Result<u8> {
         }
     }
     dir.remove()?;
+    if let Some(namespace) = &record.network_namespace {
+        if let Err(e) = crate::tap_net::detach(namespace) {
+            eprintln!("microvm: warning: {}", crate::one_line(&e));
+        }
+    }
     let mut state = state_json(&dir, &record);
     state["status"] = json!("stopped");
     state["pid"] = json!(0);

@@ -56,6 +56,10 @@ pub struct Record {
     /// may be gone.
     #[serde(default)]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// The network namespace config.json names by path, whose interface `delete` restores
+    /// (see tap_net::detach).
+    #[serde(default)]
+    pub network_namespace: Option<PathBuf>,
 }
 
 /// A container's directory under `--root`.
@@ -255,6 +259,7 @@ mod tests {
             created: now_rfc3339(),
             annotations: Default::default(),
             hooks: None,
+            network_namespace: None,
         };
         dir.write(&record).unwrap();
         assert!(alive(&dir.read().unwrap()));

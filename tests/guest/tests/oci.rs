@@ -237,6 +237,16 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     let (code, err) = oci.create("tty");
     assert_eq!(code, Some(1));
     assert_eq!(err.trim(), "microvm: process.terminal is set but no --console-socket was given");
+    // A network namespace path that does not exist: one line naming it, nothing booted.
+    oci.set_args(&["true"]);
+    let path = oci.bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let named = "\"type\": \"network\", \"path\": \"/run/netns/no-such-ns\"";
+    std::fs::write(&path, text.replacen("\"type\": \"network\"", named, 1)).unwrap();
+    let (code, err) = oci.create("nons");
+    assert_eq!(code, Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("network namespace /run/netns/no-such-ns"), "{err}");
     std::fs::write(oci.bundle.join("config.json"), "{ not json").unwrap();
     let (code, err) = oci.create("junk");
     assert_eq!(code, Some(1));
@@ -309,21 +319,81 @@ fn hooks_run_on_the_host_in_runc_order_and_a_failing_one_fails_create() {
     oci.assert_nothing_left();
 }
 
+/// A network namespace with a veth in it named eth0 (as CNI's bridge plugin leaves one), its
+/// peer on the host; removed when dropped.
+struct NetNs(String);
+
+impl NetNs {
+    fn new(tag: &str) -> Self {
+        let name = format!("mv{tag}{}", std::process::id());
+        let host_end = format!("h{}", &name[..name.len().min(13)]);
+        let ns = NetNs(name.clone());
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &name],
+            vec!["-n", &name, "addr", "add", "10.99.0.2/24", "dev", "eth0"],
+            vec!["-n", &name, "link", "set", "eth0", "up"],
+            vec!["link", "set", &host_end, "up"],
+        ] {
+            ns.ip(&args);
+        }
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn tc(&self, args: &[&str]) -> String {
+        let out = Command::new("tc").arg("-n").arg(&self.0).args(args).output().unwrap();
+        assert!(out.status.success(), "tc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace that holds one end.
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Twenty containers in a network namespace with a veth (as podman's CNI gives): each gets a
+/// tap beside the veth joined by tc filters while it exists, and after twenty created and
+/// deleted no tap, no filter, no state and no process is left.
 #[test]
-fn twenty_containers_created_and_deleted_leave_nothing() {
+fn twenty_networked_containers_created_and_deleted_leave_nothing() {
     let oci = Oci::new("oci-loop");
     oci.set_args(&["sleep", "1000"]);
+    let netns = NetNs::new("loop");
+    let path = oci.bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let named = format!("\"type\": \"network\", \"path\": \"/run/netns/{}\"", netns.0);
+    assert!(text.contains("\"type\": \"network\""));
+    std::fs::write(&path, text.replacen("\"type\": \"network\"", &named, 1)).unwrap();
     for n in 0..20 {
         let id = format!("c{n}");
         let (code, err) = oci.create(&id);
         assert_eq!(code, Some(0), "{id}: {err}");
         let pid = oci.pid(&id);
+        if n == 0 {
+            let links = netns.ip(&["-n", &netns.0, "link"]);
+            assert!(links.contains("microvm0"), "the tap beside the veth: {links}");
+            let filters = netns.tc(&["filter", "show", "dev", "eth0", "ingress"]);
+            assert!(filters.contains("mirred (Egress Redirect to device microvm0)"), "{filters}");
+        }
         // A created container is deleted without --force (its process never ran).
         let out = oci.verb(&["delete", &id]);
         assert_eq!(out.code, Some(0), "{out:?}");
         assert_eq!(wait_for(pid, Duration::from_secs(10)), 128 + libc::SIGKILL);
     }
     oci.assert_nothing_left();
+    let links = netns.ip(&["-n", &netns.0, "link"]);
+    assert!(!links.contains("microvm0"), "a tap is left: {links}");
+    let qdiscs = netns.tc(&["qdisc", "show", "dev", "eth0"]);
+    assert!(!qdiscs.contains("ingress"), "a filter is left: {qdiscs}");
 }
 
 #[test]
