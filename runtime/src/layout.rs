@@ -55,7 +55,9 @@ pub struct Layout {
     config_path: PathBuf,
     /// The directory holding this binary (`PREFIX/bin` when installed).
     exe_dir: Option<PathBuf>,
-    /// `$MICROVM_CACHE`.
+    /// `$MICROVM_KERNEL`, `$MICROVM_AGENT`, `$MICROVM_CACHE`, read once (unit tests set them).
+    kernel_variable: Option<PathBuf>,
+    agent_variable: Option<PathBuf>,
     cache_variable: Option<PathBuf>,
     /// `$MICROVM_CACHE` or `~/.cache/microvm`: the per-user cache the kernel build writes.
     user_cache: Option<PathBuf>,
@@ -78,7 +80,17 @@ impl Layout {
         let cache_variable = std::env::var_os("MICROVM_CACHE").map(PathBuf::from);
         let user_cache = cache_variable.clone().or_else(|| home().map(|h| h.join(".cache/microvm")));
         let system_caches = SYSTEM_CACHES.iter().map(PathBuf::from).collect();
-        Ok(Self { config, config_path, exe_dir, cache_variable, user_cache, system_caches })
+        let variable = |name: &str| std::env::var_os(name).map(PathBuf::from);
+        Ok(Self {
+            config,
+            config_path,
+            exe_dir,
+            kernel_variable: variable("MICROVM_KERNEL"),
+            agent_variable: variable("MICROVM_AGENT"),
+            cache_variable,
+            user_cache,
+            system_caches,
+        })
     }
 
     /// The guest kernel (`vmlinux`).
@@ -93,7 +105,7 @@ impl Layout {
         self.find(
             "kernel",
             flag,
-            "MICROVM_KERNEL",
+            ("MICROVM_KERNEL", self.kernel_variable.as_deref()),
             self.config.kernel.as_deref(),
             fallbacks,
             "build one with kernel-config/build.sh and install it with install.sh, or pass --kernel",
@@ -115,7 +127,7 @@ impl Layout {
         self.find(
             "agent",
             flag,
-            "MICROVM_AGENT",
+            ("MICROVM_AGENT", self.agent_variable.as_deref()),
             self.config.agent.as_deref(),
             fallbacks,
             "build it with images/build-agent.sh and install it with install.sh, or pass --agent",
@@ -132,16 +144,14 @@ impl Layout {
         &self,
         what: &str,
         flag: Option<&Path>,
-        variable: &str,
+        (variable, value): (&str, Option<&Path>),
         configured: Option<&Path>,
         fallbacks: Vec<Found>,
         hint: &str,
     ) -> anyhow::Result<Found> {
         let named = flag
             .map(|p| Found { path: p.to_path_buf(), from: "flag".into() })
-            .or_else(|| {
-                std::env::var_os(variable).map(|p| Found { path: p.into(), from: format!("${variable}") })
-            })
+            .or_else(|| value.map(|p| Found { path: p.to_path_buf(), from: format!("${variable}") }))
             .or_else(|| {
                 configured.map(|p| Found { path: p.to_path_buf(), from: self.config_path.display().to_string() })
             });
@@ -216,6 +226,8 @@ mod tests {
             config,
             config_path: PathBuf::from("/test/config.toml"),
             exe_dir: Some(exe_dir.to_path_buf()),
+            kernel_variable: None,
+            agent_variable: None,
             cache_variable: None,
             user_cache: Some(user_cache.to_path_buf()),
             system_caches: Vec::new(),
