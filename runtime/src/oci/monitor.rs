@@ -110,14 +110,12 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant, ready: &mut F
     wait_for_hooks()?;
     // Only in the container's own namespace: in the host's (no network namespace in the
     // config) the host's interfaces must stay the host's.
-    let network = match own_network {
-        true => crate::tap_net::attach()?.map(|attached| crate::vm::GuestNetwork {
-            mac: attached.interface.mac,
-            kernel_ip: attached.interface.kernel_ip_param(),
-            backend: vmm::config::NetBackend::Tap(Arc::new(attached.tap)),
-        }),
-        false => None,
-    };
+    let attached = if own_network { crate::tap_net::attach()? } else { None };
+    let network = attached.map(|attached| crate::vm::GuestNetwork {
+        mac: attached.interface.mac,
+        kernel_ip: attached.interface.kernel_ip_param(),
+        backend: vmm::config::NetBackend::Tap(Arc::new(attached.tap)),
+    });
     let socket = dir.control_socket();
     let context = || format!("control socket {}", socket.display());
     let listener = control::enter_dir_of(&socket)

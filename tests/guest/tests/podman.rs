@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use guest_tests::{suite, Case};
-use test_support::{input, processes_matching, run_in_pty, KillAfter, Outcome, TempDir};
+use test_support::{http_get, input, processes_matching, run_in_pty, KillAfter, Outcome, TempDir};
 
 /// A podman of its own: vfs storage and state in scratch directories, cgroupfs (L1 runs no
 /// systemd), events to a file, and microvm either through a wrapper that sets its environment
@@ -180,17 +180,6 @@ fn podman_runs_an_installed_microvm_with_no_environment() {
     assert!(processes_matching(&prefix).is_empty(), "a VMM process is still running");
     let out = podman.run(&["ps", "--all", "--quiet"]);
     assert_eq!(out.stdout, "", "{out:?}");
-}
-
-/// GET `url_path` from `addr` over plain HTTP/1.0; the body, or None when nothing answered.
-fn http_get(addr: &str, url_path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {url_path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
 /// podman's default bridge network (CNI: a veth in the container's namespace) carried into

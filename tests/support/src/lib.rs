@@ -1,7 +1,7 @@
 //! Helpers shared by microvm's end-to-end tests and benchmarks: a builder that runs the real
 //! `microvm` binary and kills it if a test gives up on it, and tiny hand-assembled guests.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -270,6 +270,17 @@ pub fn run_in_pty(mut cmd: Command, rows: u16, cols: u16) -> (Option<i32>, Strin
         child.wait().expect("wait")
     };
     (status.code(), reader.join().expect("pty reader"))
+}
+
+/// GET `url_path` from `addr` over plain HTTP/1.0: the body, or None when nothing answered
+/// (the network tests poll a published port with it while the container boots).
+pub fn http_get(addr: &str, url_path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {url_path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
 /// A path the test runner (tests/run.sh) passes in the environment variable `var`; a test
