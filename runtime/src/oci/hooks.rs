@@ -1,12 +1,13 @@
 //! OCI hooks (runtime-spec config.md, "POSIX-platform Hooks"), run on the host in runc's order:
 //!
-//! | stage             | when                                          | a failure              |
-//! |-------------------|-----------------------------------------------|------------------------|
-//! | `prestart`        | `create`, once the VM and the container exist | fails `create`, undone |
-//! | `createRuntime`   | `create`, after `prestart`                    | fails `create`, undone |
-//! | `createContainer` | `create`, after `createRuntime`               | fails `create`, undone |
-//! | `poststart`       | `start`, after the process has started        | a warning              |
-//! | `poststop`        | `delete`, after the container is gone         | a warning              |
+//! | stage             | when                                                     | a failure              |
+//! |-------------------|----------------------------------------------------------|------------------------|
+//! | `prestart`        | `create`, once the VMM process is in the container's     | fails `create`, undone |
+//! |                   | network namespace, before the VM is built                |                        |
+//! | `createRuntime`   | `create`, after `prestart`                               | fails `create`, undone |
+//! | `createContainer` | `create`, once the VM and the container exist            | fails `create`, undone |
+//! | `poststart`       | `start`, after the process has started                   | a warning              |
+//! | `poststop`        | `delete`, after the container is gone                    | a warning              |
 //!
 //! Every hook runs on the host with the container's state on stdin, its own `args` (`args[0]`
 //! as argv[0]), only its own `env` and the bundle as its working directory (where containerd
