@@ -6,20 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-5}
-scratch=$(mktemp -d /tmp/microvm-bench-podman.XXXXXX)
-trap 'podman $P rm -af >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
-agent=$(images/build-agent.sh 2>/dev/null | tail -n 1)
-kernel=$(readlink -f "${MICROVM_CACHE:-$HOME/.cache/microvm}/kernel/current")/vmlinux
-cat >"$scratch/microvm" <<EOW
-#!/bin/sh
-export MICROVM_AGENT='$agent' MICROVM_KERNEL='$kernel' MICROVM_CACHE='$scratch/cache'
-exec '$PWD/target/release/microvm' --root '$scratch/root' "\$@"
-EOW
-chmod +x "$scratch/microvm"
-P="--storage-driver vfs --cgroup-manager cgroupfs --events-backend file --root $scratch/storage --runroot $scratch/run"
-tar -C target/images/rootfs-busybox -cf "$scratch/busybox.tar" .
-# shellcheck disable=SC2086 # $P is a list of flags
-podman $P import "$scratch/busybox.tar" localhost/bench-busybox >/dev/null
+bench_name=podman
+# shellcheck source=podman_lib.sh
+source bench/podman_lib.sh
 once() {
 	local t0 t1
 	t0=$(date +%s.%N)

@@ -7,21 +7,9 @@
 # runc and CNI's plugins (tests/bed/setup.sh), a release build, the agent and a kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scratch=$(mktemp -d /tmp/microvm-bench-podman-net.XXXXXX)
-P="--storage-driver vfs --cgroup-manager cgroupfs --events-backend file --root $scratch/storage --runroot $scratch/run"
-# shellcheck disable=SC2086 # $P is a list of flags
-trap 'podman $P rm -af -t 1 >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
-agent=$(images/build-agent.sh 2>/dev/null | tail -n 1)
-kernel=$(readlink -f "${MICROVM_CACHE:-$HOME/.cache/microvm}/kernel/current")/vmlinux
-cat >"$scratch/microvm" <<EOW
-#!/bin/sh
-export MICROVM_AGENT='$agent' MICROVM_KERNEL='$kernel' MICROVM_CACHE='$scratch/cache'
-exec '$PWD/target/release/microvm' --root '$scratch/root' "\$@"
-EOW
-chmod +x "$scratch/microvm"
-tar -C target/images/rootfs-busybox -cf "$scratch/busybox.tar" .
-# shellcheck disable=SC2086
-podman $P import "$scratch/busybox.tar" localhost/bench-busybox >/dev/null
+bench_name=podman-net
+# shellcheck source=podman_lib.sh
+source bench/podman_lib.sh
 port=18090
 for runtime in runc "$scratch/microvm"; do
 	port=$((port + 1))
