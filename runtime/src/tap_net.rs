@@ -75,13 +75,7 @@ pub struct Attached {
 /// Steps 1 to 3 in the current network namespace; `None` when it has no interface but
 /// loopback (`--network none`).
 pub fn attach() -> anyhow::Result<Option<Attached>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("network: start netlink")?;
-    runtime.block_on(async {
-        let (connection, handle, _) = rtnetlink::new_connection().context("network: netlink socket")?;
-        tokio::spawn(connection);
+    with_netlink(|handle| async move {
         let Some(interface) = find_interface(&handle).await? else { return Ok(None) };
         let tap = open_tap(TAP_NAME)?;
         let tap_index = link_index(&handle, TAP_NAME).await?;
@@ -103,10 +97,7 @@ pub fn detach(namespace: &std::path::Path) -> anyhow::Result<()> {
             .spawn(|| {
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("network namespace {}: setns", namespace.display()))?;
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
-                runtime.block_on(async {
-                    let (connection, handle, _) = rtnetlink::new_connection().context("network: netlink socket")?;
-                    tokio::spawn(connection);
+                with_netlink(|handle| async move {
                     if let Some(interface) = find_interface(&handle).await? {
                         remove_ingress(&handle, interface.index).await;
                     }
@@ -115,6 +106,23 @@ pub fn detach(namespace: &std::path::Path) -> anyhow::Result<()> {
             })
             .join()
             .map_err(|_| anyhow!("network: the detaching thread panicked"))?
+    })
+}
+
+/// Runs `work` with a netlink handle in the calling thread's network namespace, on a
+/// current-thread runtime that ends with it (no thread outlives the call).
+fn with_netlink<T, F>(work: impl FnOnce(Handle) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("network: start netlink")?;
+    runtime.block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection().context("network: netlink socket")?;
+        tokio::spawn(connection);
+        work(handle).await
     })
 }
 

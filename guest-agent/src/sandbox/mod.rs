@@ -141,11 +141,11 @@ fn spec_process(spec: &Spec) -> Result<Process, Failure> {
 }
 
 /// The namespaces an exec joins, by their file in /proc/PID/ns; the mount namespace last.
-const NAMESPACE_FILES: [(CloneFlags, &str); 6] = [
+/// Not the network: the container has none of its own (see [`namespace_flags`]).
+const NAMESPACE_FILES: [(CloneFlags, &str); 5] = [
     (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
     (CloneFlags::CLONE_NEWIPC, "ipc"),
     (CloneFlags::CLONE_NEWUTS, "uts"),
-    (CloneFlags::CLONE_NEWNET, "net"),
     (CloneFlags::CLONE_NEWPID, "pid"),
     (CloneFlags::CLONE_NEWNS, "mnt"),
 ];

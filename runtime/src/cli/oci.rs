@@ -292,12 +292,7 @@ fn start_monitor(
         created: state::now_rfc3339(),
         annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
         hooks: spec.hooks().clone(),
-        network_namespace: spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .and_then(|ns| ns.iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network))
-            .and_then(|n| n.path().clone()),
+        network_namespace: crate::oci::monitor::network_namespace(spec).and_then(|n| n.path().clone()),
     };
     let recorded = dir.write(&record);
     // The hooks see the VMM process's pid, the container's stand-in, with status "creating".

@@ -385,12 +385,7 @@ fn forward_window_size(pty: OwnedFd, pid: u32, agent: Arc<AgentClient>) {
 /// network card stands beside the container's interfaces. Returns whether the process is in
 /// a namespace of the container's (false: the config has none, the host's network).
 fn enter_network_namespace(spec: &Spec) -> anyhow::Result<bool> {
-    let namespace = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network).cloned());
-    let Some(namespace) = namespace else { return Ok(false) };
+    let Some(namespace) = network_namespace(spec) else { return Ok(false) };
     match namespace.path() {
         Some(path) => {
             let file = File::open(path).with_context(|| format!("network namespace {}", path.display()))?;
@@ -400,6 +395,16 @@ fn enter_network_namespace(spec: &Spec) -> anyhow::Result<bool> {
         None => nix::sched::unshare(CloneFlags::CLONE_NEWNET).context("unshare the network namespace")?,
     }
     Ok(true)
+}
+
+/// The network namespace entry of config.json, if it has one.
+pub fn network_namespace(spec: &Spec) -> Option<&oci_spec::runtime::LinuxNamespace> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)
 }
 
 /// Waits for `create`'s word that the prestart and createRuntime hooks have run.
