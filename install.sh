@@ -8,6 +8,7 @@
 #   PREFIX/bin/microvm
 #   PREFIX/lib/microvm/vmlinux         the guest kernel (kernel-config/build.sh, cached)
 #   PREFIX/lib/microvm/microvm-agent   the static guest agent
+#   PREFIX/lib/microvm/virtiofsd       the file server of volumes (images/build-virtiofsd.sh)
 #
 # The image cache is ~/.cache/microvm when the caller's home can be written, else
 # /var/cache/microvm or /run/microvm-cache; /etc/microvm/config.toml can name all three.
@@ -26,9 +27,11 @@ done
 cargo build --release -p runtime --bin microvm >&2
 kernel_dir=$(kernel-config/build.sh | tail -n 1)
 agent=$(images/build-agent.sh | tail -n 1)
+virtiofsd=$(images/build-virtiofsd.sh | tail -n 1)
 
 install -D -m 0755 target/release/microvm "$prefix/bin/microvm"
 install -D -m 0644 "$kernel_dir/vmlinux" "$prefix/lib/microvm/vmlinux"
 install -D -m 0755 "$agent" "$prefix/lib/microvm/microvm-agent"
-echo "installed: $prefix/bin/microvm, $prefix/lib/microvm/{vmlinux,microvm-agent}" >&2
+install -D -m 0755 "$virtiofsd" "$prefix/lib/microvm/virtiofsd"
+echo "installed: $prefix/bin/microvm, $prefix/lib/microvm/{vmlinux,microvm-agent,virtiofsd}" >&2
 echo "$prefix/bin/microvm"

@@ -32,7 +32,7 @@ struct Bed {
 fn bed() -> &'static Mutex<Bed> {
     static BED: OnceLock<Mutex<Bed>> = OnceLock::new();
     BED.get_or_init(|| {
-        let mem = create_guest_memory(MEM_BYTES).expect("guest memory");
+        let mem = create_guest_memory(MEM_BYTES, false).expect("guest memory");
         // SAFETY: a plain system call with a NUL-terminated name; the result is checked.
         let fd = unsafe { libc::memfd_create(c"kernel".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());

@@ -4,7 +4,7 @@
 //! 2. Moves its root from the initramfs onto a tmpfs (so containers can pivot_root), then
 //!    mounts /proc, /sys, the cgroup2 hierarchy, /dev, /dev/pts, /dev/shm and /run.
 //! 3. Mounts the container image (/dev/vda) and the root the container is built on: an overlay
-//!    with a tmpfs upper dir.
+//!    with a tmpfs upper dir; and the shared directory (volumes, virtio-fs) when the VM has one.
 //!    The container's own /proc, /dev and the rest are its setup's business ([`sandbox`]).
 //! 4. Starts the reaper, which collects every child that exits (PID 1's duty).
 //! 5. Listens on vsock: the control port, and the stdin/stdout/stderr ports, whose connections
@@ -76,6 +76,7 @@ fn run() -> Result<(), AgentError> {
     mounts::enter_tmpfs_root()?;
     mounts::mount_pseudo_filesystems()?;
     mounts::mount_rootfs()?;
+    mounts::mount_shared()?;
 
     // 4.
     let reaper = reaper::start()?;

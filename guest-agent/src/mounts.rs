@@ -161,6 +161,26 @@ pub fn mount_rootfs() -> Result<(), MountError> {
         .mount()
 }
 
+/// The virtio-fs tag of the sandbox's shared directory (the runtime's `volumes::SHARED_TAG`).
+pub const SHARED_TAG: &str = "microvm-shared";
+/// On the kernel command line when the VM has the shared directory.
+const SHARED_PARAM: &str = "microvm.shared";
+
+/// Step 2b: the shared directory (volumes) on [`protocol::GUEST_SHARED_DIR`], when the kernel
+/// command line says the VM has one. Without `nosuid` or `nodev` here: each volume's bind
+/// mount into the container carries the spec's own options.
+pub fn mount_shared() -> Result<(), MountError> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !has_param(&cmdline, SHARED_PARAM) {
+        return Ok(());
+    }
+    Mount::new(SHARED_TAG, protocol::GUEST_SHARED_DIR, "virtiofs").flags(MsFlags::empty()).mount()
+}
+
+fn has_param(cmdline: &str, param: &str) -> bool {
+    cmdline.split_whitespace().any(|p| p == param)
+}
+
 /// The image, read-only: erofs first, then ext4. Waits a little for the device node, in case
 /// the disk is probed after init starts.
 fn mount_image() -> Result<(), MountError> {
@@ -233,6 +253,13 @@ pub fn enter_tmpfs_root() -> Result<(), MountError> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_directory_is_asked_for_by_a_whole_parameter() {
+        assert!(has_param("console=ttyS0 microvm.shared quiet", SHARED_PARAM));
+        assert!(!has_param("console=ttyS0 microvm.shared_not quiet", SHARED_PARAM));
+        assert!(!has_param("", SHARED_PARAM));
+    }
 
     #[test]
     fn pseudo_filesystems_mount_parents_first() {

@@ -136,6 +136,10 @@ pub struct GuestFile {
 /// Where the agent writes [`GuestFile`]s; a file elsewhere is refused.
 pub const GUEST_FILES_DIR: &str = "/run/microvm-files";
 
+/// Where the agent mounts the sandbox's shared directory (virtio-fs, when the kernel command
+/// line has `microvm.shared`); each volume is a directory or file in it, named by its index.
+pub const GUEST_SHARED_DIR: &str = "/run/microvm-shared";
+
 impl StartProcess {
     /// A process with no sandbox settings beyond the spec's defaults: `args` with `env`, in
     /// `/`, as root, without terminal or stdin.

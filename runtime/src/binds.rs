@@ -1,21 +1,27 @@
-//! Bind mounts from the host, which a VM cannot see: a small regular file is copied into the
-//! guest (podman and docker bind /etc/hosts, /etc/hostname, /etc/resolv.conf and
-//! /run/.containerenv this way); an empty tmpfs directory (podman's /dev/shm) becomes a fresh
-//! tmpfs in the guest, as Kata does; anything else is refused by name. A copy is the
-//! container's own: its writes stay in the guest. Sharing directories needs virtio-fs, which
-//! comes later.
+//! Bind mounts from the host, which a VM cannot see:
+//! - a directory, or a regular file too large to copy, is shared over virtio-fs
+//!   ([`crate::volumes`]): the mount's source becomes its place under
+//!   [`GUEST_SHARED_DIR`] in the guest, and its writes reach the host;
+//! - a small regular file is copied into the guest (podman and docker bind /etc/hosts,
+//!   /etc/hostname, /etc/resolv.conf and /run/.containerenv this way: copying them spares
+//!   most containers a virtiofsd). A copy is the container's own: its writes stay in the guest;
+//! - an empty tmpfs directory (podman's /dev/shm) becomes a fresh tmpfs in the guest, as Kata
+//!   does;
+//! - anything else (a socket, a device, a FIFO) is refused by name.
 
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
-use protocol::{GuestFile, GUEST_FILES_DIR};
+use protocol::{GuestFile, GUEST_FILES_DIR, GUEST_SHARED_DIR};
 
-/// Largest file copied in place of a bind mount.
+use crate::volumes::Share;
+
+/// Largest file copied in place of a bind mount; larger ones are shared.
 pub const MAX_COPY: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("mount {destination}: bind mount of {host} from the host: {reason} (only regular files up to {} KiB are copied into the VM; sharing directories is not supported yet)", MAX_COPY / 1024)]
+    #[error("mount {destination}: bind mount of {host} from the host: {reason}")]
     Refused {
         destination: PathBuf,
         host: PathBuf,
@@ -23,17 +29,24 @@ pub enum BindError {
     },
 }
 
-/// Replaces each bind mount's host source by a copy in the guest; returns the copies.
-pub fn copy_into_guest(spec: &mut Spec) -> Result<Vec<GuestFile>, BindError> {
-    let mut files = Vec::new();
-    let Some(mounts) = spec.mounts().clone() else { return Ok(files) };
+/// What the host gives the guest for the spec's bind mounts.
+#[derive(Debug, Default)]
+pub struct HostBinds {
+    /// Copied into the guest, under [`GUEST_FILES_DIR`].
+    pub files: Vec<GuestFile>,
+    /// Shared over virtio-fs, at `GUEST_SHARED_DIR/INDEX`.
+    pub shares: Vec<Share>,
+}
+
+/// Replaces each bind mount's host source by its place in the guest; returns what to copy and
+/// what to share.
+pub fn from_host(spec: &mut Spec) -> Result<HostBinds, BindError> {
+    let mut binds = HostBinds::default();
+    let Some(mounts) = spec.mounts().clone() else { return Ok(binds) };
     let mut rewritten = Vec::with_capacity(mounts.len());
     for mut mount in mounts {
-        let bind = mount.typ().as_deref() == Some("bind")
-            || mount
-                .options()
-                .as_ref()
-                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        let options = mount.options().clone().unwrap_or_default();
+        let bind = mount.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
         if let (true, Some(source)) = (bind, mount.source().clone()) {
             let refuse = |reason: String| BindError::Refused {
                 destination: mount.destination().clone(),
@@ -44,28 +57,45 @@ pub fn copy_into_guest(spec: &mut Spec) -> Result<Vec<GuestFile>, BindError> {
             if meta.is_dir() && empty_tmpfs(&source) {
                 mount.set_typ(Some("tmpfs".into()));
                 mount.set_source(Some(PathBuf::from("tmpfs")));
-                let kept = mount.options().clone().unwrap_or_default().into_iter();
-                let mut options: Vec<String> = kept.filter(|o| !matches!(o.as_str(), "bind" | "rbind")).collect();
+                let mut options: Vec<String> = options.into_iter().filter(|o| !matches!(o.as_str(), "bind" | "rbind")).collect();
                 options.push("mode=1777".into());
                 mount.set_options(Some(options));
                 rewritten.push(mount);
                 continue;
             }
-            if !meta.is_file() {
-                return Err(refuse("not a regular file".into()));
+            if meta.is_file() && meta.len() <= MAX_COPY {
+                let contents = std::fs::read(&source).map_err(|e| refuse(e.to_string()))?;
+                let path = format!("{GUEST_FILES_DIR}/{}", binds.files.len());
+                mount.set_source(Some(PathBuf::from(&path)));
+                binds.files.push(GuestFile { path, contents });
+            } else if meta.is_dir() || meta.is_file() {
+                // The last of `ro` and `rw` decides, as for mount(8).
+                let read_only = options.iter().rev().find(|o| matches!(o.as_str(), "ro" | "rw")).is_some_and(|o| o == "ro");
+                mount.set_source(Some(PathBuf::from(format!("{GUEST_SHARED_DIR}/{}", binds.shares.len()))));
+                binds.shares.push(Share { host: source.clone(), read_only });
+            } else {
+                return Err(refuse(format!("{}: only directories and regular files can be shared", kind(&meta))));
             }
-            if meta.len() > MAX_COPY {
-                return Err(refuse(format!("{} bytes", meta.len())));
-            }
-            let contents = std::fs::read(&source).map_err(|e| refuse(e.to_string()))?;
-            let path = format!("{GUEST_FILES_DIR}/{}", files.len());
-            mount.set_source(Some(PathBuf::from(&path)));
-            files.push(GuestFile { path, contents });
         }
         rewritten.push(mount);
     }
     spec.set_mounts(Some(rewritten));
-    Ok(files)
+    Ok(binds)
+}
+
+/// What a file that is neither a directory nor a regular file is, for messages.
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "not a directory or regular file"
+    }
 }
 
 /// Whether `dir` is an empty directory on a tmpfs: nothing to share, so a guest tmpfs is the same.
@@ -97,14 +127,14 @@ mod tests {
     }
 
     #[test]
-    fn small_files_are_copied_and_the_rest_refused_by_name() {
+    fn small_files_are_copied_directories_and_large_files_shared_the_rest_refused_by_name() {
         let dir = std::env::temp_dir().join(format!("microvm-binds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let hosts = dir.join("hosts");
         std::fs::write(&hosts, b"127.0.0.1 localhost\n").unwrap();
         let proc_mount = MountBuilder::default().destination("/proc").typ("proc").source("proc").build().unwrap();
         let mut spec = spec_with(vec![proc_mount.clone(), bind(&hosts, "/etc/hosts")]);
-        let files = copy_into_guest(&mut spec).unwrap();
+        let files = from_host(&mut spec).unwrap().files;
         assert_eq!(files, [GuestFile { path: format!("{GUEST_FILES_DIR}/0"), contents: b"127.0.0.1 localhost\n".to_vec() }]);
         let mounts = spec.mounts().clone().unwrap();
         assert_eq!(mounts[0], proc_mount);
@@ -114,17 +144,33 @@ mod tests {
         let shm = std::path::Path::new("/dev/shm").join(format!("microvm-binds-{}", std::process::id()));
         std::fs::create_dir_all(&shm).unwrap();
         let mut spec = spec_with(vec![bind(&shm, "/dev/shm")]);
-        assert!(copy_into_guest(&mut spec).unwrap().is_empty());
+        let binds = from_host(&mut spec).unwrap();
+        assert!(binds.files.is_empty() && binds.shares.is_empty());
         let m = &spec.mounts().clone().unwrap()[0];
         assert_eq!((m.typ().as_deref(), m.source().as_deref()), (Some("tmpfs"), Some(std::path::Path::new("tmpfs"))));
         assert_eq!(m.options().clone().unwrap(), ["rw", "mode=1777"]);
         std::fs::remove_dir(&shm).unwrap();
 
-        let err = copy_into_guest(&mut spec_with(vec![bind(&dir, "/data")])).unwrap_err();
-        assert!(err.to_string().starts_with(&format!("mount /data: bind mount of {} from the host: not a regular file", dir.display())), "{err}");
-        std::fs::write(&hosts, vec![b'x'; MAX_COPY as usize + 1]).unwrap();
-        let err = copy_into_guest(&mut spec_with(vec![bind(&hosts, "/etc/hosts")])).unwrap_err();
-        assert!(err.to_string().contains("65537 bytes"), "{err}");
+        // A directory and a file too large to copy are shared, read-only as the options say.
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'x'; MAX_COPY as usize + 1]).unwrap();
+        let mut ro = bind(&big, "/big");
+        ro.set_options(Some(vec!["rbind".into(), "rw".into(), "ro".into()]));
+        let mut spec = spec_with(vec![bind(&dir, "/data"), ro]);
+        let binds = from_host(&mut spec).unwrap();
+        assert!(binds.files.is_empty());
+        assert_eq!(binds.shares, [Share { host: dir.clone(), read_only: false }, Share { host: big, read_only: true }]);
+        let mounts = spec.mounts().clone().unwrap();
+        assert_eq!(mounts[0].source().as_deref(), Some(std::path::Path::new("/run/microvm-shared/0")));
+        assert_eq!(mounts[1].source().as_deref(), Some(std::path::Path::new("/run/microvm-shared/1")));
+
+        // A socket is refused, naming the mount; so is a missing source.
+        let sock = dir.join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let err = from_host(&mut spec_with(vec![bind(&sock, "/s")])).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("mount /s: bind mount of {} from the host: a socket:", sock.display())), "{err}");
+        let err = from_host(&mut spec_with(vec![bind(&dir.join("gone"), "/g")])).unwrap_err().to_string();
+        assert!(err.starts_with("mount /g: bind mount of ") && err.contains("No such file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -13,6 +13,10 @@
 //! 4. the build tree: the kernel `kernel-config/build.sh` cached (`~/.cache/microvm/kernel/current`)
 //!    and the static agent under `target/static/`.
 //!
+//! virtiofsd (volumes) is looked up the same way (`$MICROVM_VIRTIOFSD`, the config's
+//! `virtiofsd`, `PREFIX/lib/microvm/virtiofsd`), then in `/usr/libexec`, `$PATH` and where
+//! images/build-virtiofsd.sh installs it (`~/.cache/microvm/virtiofsd/current`).
+//!
 //! The image cache (packed root filesystems) must be writable: `$MICROVM_CACHE`, the config's
 //! `cache`, then `~/.cache/microvm`, `/var/cache/microvm` and `/run/microvm-cache`, the first
 //! that can be written; passing over `~/.cache/microvm` is said once on stderr, with the reason.
@@ -39,6 +43,7 @@ struct Config {
     agent: Option<PathBuf>,
     cache: Option<PathBuf>,
     cache_limit_mib: Option<u64>,
+    virtiofsd: Option<PathBuf>,
 }
 
 /// A path and the source that named it, for messages and `microvm check`.
@@ -58,6 +63,9 @@ pub struct Layout {
     /// `$MICROVM_KERNEL`, `$MICROVM_AGENT`, `$MICROVM_CACHE`, read once (unit tests set them).
     kernel_variable: Option<PathBuf>,
     agent_variable: Option<PathBuf>,
+    virtiofsd_variable: Option<PathBuf>,
+    /// `$PATH`'s directories, read once.
+    path: Vec<PathBuf>,
     cache_variable: Option<PathBuf>,
     /// `$MICROVM_CACHE` or `~/.cache/microvm`: the per-user cache the kernel build writes.
     user_cache: Option<PathBuf>,
@@ -87,6 +95,8 @@ impl Layout {
             exe_dir,
             kernel_variable: variable("MICROVM_KERNEL"),
             agent_variable: variable("MICROVM_AGENT"),
+            virtiofsd_variable: variable("MICROVM_VIRTIOFSD"),
+            path: std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
             cache_variable,
             user_cache,
             system_caches,
@@ -131,6 +141,30 @@ impl Layout {
             self.config.agent.as_deref(),
             fallbacks,
             "build it with images/build-agent.sh and install it with install.sh, or pass --agent",
+        )
+    }
+
+    /// virtiofsd, the vhost-user file server of shared directories (volumes): installed beside
+    /// the agent by install.sh, else Debian's package, `$PATH`, and images/build-virtiofsd.sh's.
+    pub fn virtiofsd(&self) -> anyhow::Result<Found> {
+        let mut fallbacks = Vec::new();
+        if let Some(prefix) = self.prefix() {
+            fallbacks.push(Found { path: prefix.join("lib/microvm/virtiofsd"), from: "installed".into() });
+        }
+        fallbacks.push(Found { path: PathBuf::from("/usr/libexec/virtiofsd"), from: "system".into() });
+        for dir in &self.path {
+            fallbacks.push(Found { path: dir.join("virtiofsd"), from: "$PATH".into() });
+        }
+        if let Some(cache) = &self.user_cache {
+            fallbacks.push(Found { path: cache.join("virtiofsd/current/bin/virtiofsd"), from: "built".into() });
+        }
+        self.find(
+            "virtiofsd",
+            None,
+            ("MICROVM_VIRTIOFSD", self.virtiofsd_variable.as_deref()),
+            self.config.virtiofsd.as_deref(),
+            fallbacks,
+            "volumes need it: cargo install --locked virtiofsd, then install.sh",
         )
     }
 
@@ -228,6 +262,8 @@ mod tests {
             exe_dir: Some(exe_dir.to_path_buf()),
             kernel_variable: None,
             agent_variable: None,
+            virtiofsd_variable: None,
+            path: Vec::new(),
             cache_variable: None,
             user_cache: Some(user_cache.to_path_buf()),
             system_caches: Vec::new(),

@@ -15,6 +15,7 @@ mod session;
 mod spec;
 mod tty;
 mod user_net;
+mod volumes;
 mod vm;
 
 use std::process::ExitCode;

@@ -65,6 +65,8 @@ pub struct Options {
     pub memory_limit: Option<i64>,
     pub ulimits: Vec<String>,
     pub tmpfs: Vec<String>,
+    /// `-v HOST:CONTAINER[:ro|rw]`: host paths shared into the container (see `volumes`).
+    pub volumes: Vec<String>,
     /// A network namespace of its own (`--network none`); otherwise the guest's.
     pub network_namespace: bool,
 }
@@ -301,7 +303,8 @@ fn profile_error(path: &Path, error: impl std::fmt::Display) -> LaunchError {
     }
 }
 
-/// Docker's default mounts, then one tmpfs per `--tmpfs DEST[:OPTIONS]`.
+/// Docker's default mounts, then one tmpfs per `--tmpfs DEST[:OPTIONS]`, then one bind
+/// mount per `-v`.
 fn mounts(options: &Options) -> anyhow::Result<Vec<Mount>> {
     let m = |dest: &str, typ: &str, source: &str, opts: &[&str]| {
         MountBuilder::default()
@@ -364,7 +367,35 @@ fn mounts(options: &Options) -> anyhow::Result<Vec<Mount>> {
         opts.extend(extra.split(',').filter(|o| !o.is_empty()));
         mounts.push(m(dest, "tmpfs", "tmpfs", &opts)?);
     }
+    for volume in &options.volumes {
+        let (host, dest, mode) = parse_volume(volume)?;
+        mounts.push(m(dest, "bind", &host.to_string_lossy(), &["rbind", mode])?);
+    }
     Ok(mounts)
+}
+
+/// `-v HOST:CONTAINER[:ro|rw]` (docker's form; a relative HOST is taken from the working
+/// directory, as podman does). Named volumes are not ours to make: HOST must be a path.
+fn parse_volume(value: &str) -> anyhow::Result<(PathBuf, &str, &'static str)> {
+    let bad = |why: &str| anyhow!("volume {value:?}: {why} (expected HOST_PATH:CONTAINER_PATH[:ro|rw])");
+    let mut parts = value.split(':');
+    let (Some(host), Some(dest)) = (parts.next(), parts.next()) else { return Err(bad("no container path")) };
+    let mode = match parts.next() {
+        None | Some("rw") => "rw",
+        Some("ro") => "ro",
+        Some(other) => return Err(bad(&format!("unknown mode {other:?}"))),
+    };
+    if parts.next().is_some() {
+        return Err(bad("too many colons"));
+    }
+    if host.is_empty() || dest.is_empty() {
+        return Err(bad("an empty path"));
+    }
+    if !host.starts_with(['/', '.']) {
+        return Err(bad("named volumes are not supported; give a host path"));
+    }
+    let host = std::path::absolute(host).map_err(|e| bad(&e.to_string()))?;
+    Ok((host, dest, mode))
 }
 
 /// `--ulimit NAME=SOFT[:HARD]` (docker's form; `-1` is unlimited).
@@ -437,6 +468,7 @@ mod tests {
             memory_limit: None,
             ulimits: vec![],
             tmpfs: vec![],
+            volumes: vec![],
             network_namespace: false,
         }
     }

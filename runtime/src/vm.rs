@@ -36,6 +36,8 @@ pub struct VmSpec<'a> {
     pub confinement: &'a ConfinementArgs,
     /// The guest's eth0; none: the guest has no network card.
     pub network: Option<GuestNetwork>,
+    /// Host paths shared into the guest (volumes); any starts a virtiofsd for this VM.
+    pub shares: &'a [crate::volumes::Share],
 }
 
 /// The guest's network card: its MAC, its backend (passt's socket, see user_net, or a tap
@@ -117,8 +119,28 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         }
     }
 
+    // virtiofsd ends when the VMM's socket closes, however the VMM ends; until the VM is
+    // built, dropping the handle kills it.
+    let mut virtiofsd = match spec.shares {
+        [] => None,
+        shares => Some(crate::volumes::Virtiofsd::start(&layout.virtiofsd()?.path, &dir, shares)?),
+    };
+    if let Some(v) = &virtiofsd {
+        let tag = crate::volumes::SHARED_TAG.to_string();
+        config.filesystems = vec![vmm::config::FsConfig { tag, socket: v.socket.clone() }];
+        config.cmdline.push(' ');
+        config.cmdline.push_str(crate::volumes::KERNEL_PARAM);
+    }
+
     config.seccomp = spec.confinement.seccomp.into();
-    let vmm = Vmm::boot(&config, start)?;
+    let vmm = match (Vmm::boot(&config, start), &mut virtiofsd) {
+        (Ok(vmm), _) => vmm,
+        (Err(e), Some(v)) => return Err(v.explain(e.into())),
+        (Err(e), None) => return Err(e.into()),
+    };
+    if let Some(v) = virtiofsd {
+        v.handed_over();
+    }
     // Before the guest's first instruction: the jail, then seccomp for this thread and all it
     // starts (the VMM's among them, which add their own narrower filters).
     spec.confinement.enter_jail(&dir)?;

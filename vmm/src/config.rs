@@ -56,6 +56,14 @@ pub enum NetBackend {
     Tap(std::sync::Arc<std::fs::File>),
 }
 
+/// A virtio-fs device served by a vhost-user backend (virtiofsd) over `socket`, which the caller
+/// connected; the guest mounts it as `mount -t virtiofs TAG DIR` (see `devices::virtio::fs`).
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: std::sync::Arc<std::os::unix::net::UnixStream>,
+}
+
 /// Most virtio devices: one interrupt line each, from IRQ 5 to IOAPIC pin 23.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 
@@ -71,6 +79,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Network cards, eth0 first.
     pub nets: Vec<NetConfig>,
+    /// Shared directories. Any makes guest memory a shared memfd (the backend maps it).
+    pub filesystems: Vec<FsConfig>,
     /// Seccomp for the VMM's threads (see [`crate::seccomp`]).
     pub seccomp: crate::seccomp::SeccompMode,
 }
@@ -99,6 +109,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             nets: Vec::new(),
+            filesystems: Vec::new(),
             seccomp: crate::seccomp::SeccompMode::default(),
         }
     }
@@ -113,7 +124,7 @@ impl VmConfig {
         if self.vcpus == 0 || self.vcpus > MAX_CPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
-        let devices = self.disks.len() + usize::from(self.vsock.is_some()) + self.nets.len();
+        let devices = self.disks.len() + usize::from(self.vsock.is_some()) + self.nets.len() + self.filesystems.len();
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }

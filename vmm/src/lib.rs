@@ -82,6 +82,8 @@ pub enum VmmError {
     #[error(transparent)]
     Net(#[from] devices::virtio::net::NetError),
     #[error(transparent)]
+    Fs(#[from] devices::virtio::fs::FsError),
+    #[error(transparent)]
     VirtioTransport(#[from] devices::virtio::mmio::MmioError),
     #[error(transparent)]
     MmioBus(#[from] devices::mmio_bus::MmioBusError),
@@ -154,7 +156,7 @@ impl Vmm {
         config.validate()?;
         seccomp::set_mode(config.seccomp);
         let kvm = vstate::vm::open_kvm()?;
-        let mem = vstate::vm::create_guest_memory(config.mem_bytes())?;
+        let mem = vstate::vm::create_guest_memory(config.mem_bytes(), !config.filesystems.is_empty())?;
         let vm = vstate::vm::create_vm(&kvm)?;
 
         // Step 5 first for the virtio devices: they add to the kernel command line.
@@ -183,6 +185,13 @@ impl Vmm {
             }
             .map_err(NetError::Socket)?;
             let declaration = mmio.add(MmioTransport::new(Box::new(Net::new(net.mac, backend)?), mem.clone())?);
+            config.cmdline.push(' ');
+            config.cmdline.push_str(&declaration);
+        }
+        for fs in &config.filesystems {
+            use devices::virtio::fs::{Fs, FsError};
+            let socket = fs.socket.try_clone().map_err(|e| FsError::Backend { tag: fs.tag.clone(), source: vhost::Error::IOError(e) })?;
+            let declaration = mmio.add(MmioTransport::new(Box::new(Fs::new(socket, &fs.tag)?), mem.clone())?);
             config.cmdline.push(' ');
             config.cmdline.push_str(&declaration);
         }

@@ -674,6 +674,7 @@ fn write_spec(args: &SpecArgs) -> anyhow::Result<u8> {
         memory_limit: None,
         ulimits: Vec::new(),
         tmpfs: Vec::new(),
+        volumes: Vec::new(),
         network_namespace: true,
     };
     let spec = crate::spec::build(&options)?;

@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// Mount a tmpfs at DEST, with mount options after a colon (e.g. /tmp:size=64m)
     #[arg(long, value_name = "DEST[:OPTIONS]")]
     tmpfs: Vec<String>,
+    /// Share a host directory (or file) with the container, over virtio-fs: writes on either
+    /// side are seen on the other; `ro` makes it read-only on the host side too
+    #[arg(short, long, value_name = "HOST:CONTAINER[:ro|rw]")]
+    volume: Vec<String>,
     /// Run a reaping init as PID 1 of the container, the command as its child
     #[arg(long)]
     init: bool,
@@ -130,7 +134,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let timings = std::env::var_os("MICROVM_TIMINGS").is_some();
     // The launch checks come first: a refused container leaves nothing behind.
     let (mut spec, rootfs) = container(&args)?;
-    let mut files = crate::binds::copy_into_guest(&mut spec)?;
+    let crate::binds::HostBinds { mut files, shares } = crate::binds::from_host(&mut spec)?;
     // Parsed here rather than by clap, whose errors take several lines and exit 2.
     let publish = args.publish.iter().map(|p| p.parse()).collect::<anyhow::Result<Vec<crate::user_net::Publish>>>()?;
     // `none` by default until bulk transfers into the guest through passt are right (see
@@ -171,6 +175,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
                 backend: vmm::config::NetBackend::Stream(n.socket.clone()),
                 kernel_ip: Some(crate::user_net::kernel_ip_param()),
             }),
+            shares: &shares,
         },
         start,
     )?;
@@ -294,6 +299,7 @@ fn container(args: &RunArgs) -> anyhow::Result<(Spec, PathBuf)> {
             .transpose()?,
         ulimits: args.ulimit.clone(),
         tmpfs: args.tmpfs.clone(),
+        volumes: args.volume.clone(),
         // Under `user` the container shares the guest's network (its eth0); under `none` it
         // has a namespace of its own, loopback only, as docker's --network none.
         // Given neither, the container shares the guest's network, which has no card.

@@ -99,7 +99,7 @@ struct Created {
 fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant, ready: &mut File) -> anyhow::Result<Created> {
     let policy = Policy { require_nonroot: false, root_inside_bundle: false };
     let mut spec = launch_checks::check_bundle(&args.bundle, &policy)?;
-    let files = crate::binds::copy_into_guest(&mut spec)?;
+    let binds = crate::binds::from_host(&mut spec)?;
     let rootfs = spec
         .root()
         .as_ref()
@@ -140,6 +140,7 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant, ready: &mut F
             dir: &vm_dir,
             confinement: &args.confinement,
             network,
+            shares: &binds.shares,
         },
         start,
     )?;
@@ -148,7 +149,7 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant, ready: &mut F
     let mut session = Session::connect(&vm.uds, &vm.done)?;
     tracing::debug!("monitor: agent answered");
     let size = terminal_size(pty.as_ref());
-    let request = StartProcess { spec: Box::new(spec), terminal: size, stdin: true, init: false, files };
+    let request = StartProcess { spec: Box::new(spec), terminal: size, stdin: true, init: false, files: binds.files };
     let pid = match session.call(Request::CreateProcess(request))? {
         Response::ProcessStarted { pid, .. } => pid,
         Response::Error { message, .. } => bail!("{message}"),

@@ -3,7 +3,11 @@
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 use crate::arch::x86_64::memory::ram_regions;
@@ -35,6 +39,8 @@ pub enum VmError {
     MissingCap(&'static str),
     #[error("allocate {mib} MiB of guest memory: {source}")]
     Memory { mib: u64, source: vm_memory::mmap::FromRangesError },
+    #[error("allocate {mib} MiB of shared guest memory (memfd): {source}")]
+    SharedMemory { mib: u64, source: std::io::Error },
     #[error("KVM_{op}: {source}")]
     Kvm { op: &'static str, source: kvm_ioctls::Error },
 }
@@ -68,13 +74,41 @@ pub fn missing_caps(kvm: &Kvm) -> Vec<(Cap, &'static str)> {
     REQUIRED_CAPS.iter().filter(|(cap, _)| !kvm.check_extension(*cap)).cloned().collect()
 }
 
-/// Anonymous private memory for a guest of `mem_bytes`, leaving the MMIO gap unbacked.
-pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap> {
-    let ranges: Vec<_> = ram_regions(mem_bytes)
+/// Guest memory of `mem_bytes`, leaving the MMIO gap unbacked: anonymous private memory, or,
+/// when `shared`, one memfd mapped shared, so that a vhost-user backend (virtiofsd) can map the
+/// same pages from the descriptors it is sent ([`crate::devices::virtio::fs`]).
+pub fn create_guest_memory(mem_bytes: u64, shared: bool) -> Result<GuestMemoryMmap> {
+    let mib = mem_bytes >> 20;
+    let regions = ram_regions(mem_bytes);
+    if !shared {
+        let ranges: Vec<_> = regions.into_iter().map(|(start, size)| (GuestAddress(start), size as usize)).collect();
+        return GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { mib, source });
+    }
+    let file = Arc::new(memfd(mem_bytes).map_err(|source| VmError::SharedMemory { mib, source })?);
+    // Each region at its own offset of the one file, in guest-address order.
+    let mut offset = 0;
+    let ranges: Vec<_> = regions
         .into_iter()
-        .map(|(start, size)| (vm_memory::GuestAddress(start), size as usize))
+        .map(|(start, size)| {
+            let range = (GuestAddress(start), size as usize, Some(FileOffset::from_arc(file.clone(), offset)));
+            offset += size;
+            range
+        })
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { mib: mem_bytes >> 20, source })
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|source| VmError::Memory { mib, source })
+}
+
+/// An anonymous memory file of `size` bytes (memfd_create(2), close-on-exec).
+fn memfd(size: u64) -> std::io::Result<File> {
+    // SAFETY: the name is a NUL-terminated literal and the flags are plain integers.
+    let fd = unsafe { libc::memfd_create(c"microvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(file)
 }
 
 /// Creates the VM. Its interrupt controllers come from [`create_irq_chips`] and its memory

@@ -7,6 +7,7 @@
 //! [`Interrupt`] at activation.
 
 pub mod block;
+pub mod fs;
 pub mod log_limit;
 pub mod mmio;
 pub mod net;
