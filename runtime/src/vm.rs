@@ -14,6 +14,8 @@ use crate::cli::ConfinementArgs;
 
 /// The VMM's vsock socket, in the VM's directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// virtiofsd's socket while it starts, in the VM's directory (see volumes).
+const VIRTIOFS_SOCKET: &str = "virtiofs.sock";
 
 /// The guest's vsock context id (2 is the host; 3 is the first guest id).
 const GUEST_CID: u64 = 3;
@@ -123,7 +125,10 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     // built, dropping the handle kills it.
     let mut virtiofsd = match spec.shares {
         [] => None,
-        shares => Some(crate::volumes::Virtiofsd::start(&layout.virtiofsd()?.path, &dir, shares)?),
+        shares => {
+            let binary = layout.virtiofsd()?.path;
+            Some(crate::volumes::Virtiofsd::start(&binary, &dir, Path::new(VIRTIOFS_SOCKET), shares)?)
+        }
     };
     if let Some(v) = &virtiofsd {
         let tag = crate::volumes::SHARED_TAG.to_string();

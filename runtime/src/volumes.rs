@@ -14,6 +14,14 @@
 //! and `--seccomp kill`. It runs as root, as Kata runs it: the container's root must be able
 //! to chown and write root-owned files in a volume, as under runc.
 //!
+//! No setuid or setgid file reaches the host through a volume: the guest's root is root in
+//! the guest only, and a setuid-root binary it leaves in a shared directory would be a way up
+//! for anyone on the host who can run it. virtiofsd starts under a seccomp filter of ours,
+//! stacked under its own, that refuses (EPERM) every chmod and file creation asking for
+//! S_ISUID or S_ISGID. `openat2` is refused with ENOSYS, since its mode sits in a struct a
+//! filter cannot read; virtiofsd then uses `openat`, as on kernels before 5.6. The guest sees
+//! `chmod u+s` fail with EPERM, as on a `nosuid` file system that enforces it.
+//!
 //! The socket: we bind a listener in the sandbox directory, hand it to virtiofsd (`--fd`),
 //! connect, and remove the file, so no socket file outlives the start and a virtiofsd that
 //! dies before answering resets our connection instead of leaving us waiting.
@@ -35,6 +43,8 @@ use anyhow::{anyhow, Context};
 /// mount it on [`protocol::GUEST_SHARED_DIR`].
 pub const SHARED_TAG: &str = "microvm-shared";
 pub const KERNEL_PARAM: &str = "microvm.shared";
+/// The descriptor virtiofsd gets its listening socket on; it inherits no other beyond stdio.
+const LISTEN_FD: i32 = 3;
 /// virtiofsd's log, in the sandbox directory: the first lines of a failed start.
 const LOG: &str = "virtiofsd.log";
 
@@ -60,8 +70,10 @@ struct Bind {
 }
 
 impl Virtiofsd {
-    /// Starts virtiofsd serving `shares` from `dir/shared`, with `binary`.
-    pub fn start(binary: &Path, dir: &Path, shares: &[Share]) -> anyhow::Result<Self> {
+    /// Starts virtiofsd serving `shares` from `dir/shared`, with `binary`; its socket is bound
+    /// at `socket` for the moment of the start (a name relative to the working directory
+    /// keeps long sandbox paths within a socket address's 107 bytes).
+    pub fn start(binary: &Path, dir: &Path, socket: &Path, shares: &[Share]) -> anyhow::Result<Self> {
         let root = dir.join("shared");
         std::fs::create_dir(&root).with_context(|| format!("volumes: {}", root.display()))?;
         let mut binds = Vec::with_capacity(shares.len());
@@ -73,7 +85,7 @@ impl Virtiofsd {
             binds.push(Bind { source: c_path(&share.host)?, target: c_path(&target)?, read_only: share.read_only });
         }
 
-        let socket_path = dir.join("virtiofs.sock");
+        let socket_path = socket;
         let listener = UnixListener::bind(&socket_path)
             .with_context(|| format!("volumes: virtiofsd socket {}", socket_path.display()))?;
         // dup(2) leaves close-on-exec off, so virtiofsd inherits this copy (std's are all
@@ -81,10 +93,11 @@ impl Virtiofsd {
         let inherited = nix::unistd::dup(&listener).context("volumes: dup")?;
         let log = dir.join(LOG);
         let log_file = File::create(&log).with_context(|| format!("volumes: {}", log.display()))?;
+        let inherited_fd = inherited.as_raw_fd();
         let mut command = Command::new(binary);
         command
             .arg("--fd")
-            .arg(inherited.as_raw_fd().to_string())
+            .arg(LISTEN_FD.to_string())
             .arg("--shared-dir")
             .arg(&root)
             .args(["--tag", SHARED_TAG, "--sandbox", "namespace", "--seccomp", "kill", "--log-level", "error"])
@@ -95,17 +108,29 @@ impl Virtiofsd {
             .stdout(Stdio::null())
             .stderr(log_file)
             .process_group(0);
+        let filters = no_setid_filters()?;
         // SAFETY: between fork and exec the closure makes only system calls (unshare, mount,
-        // prctl) on C strings built before the fork; it allocates nothing and takes no lock.
-        unsafe { command.pre_exec(move || enter_namespace(&binds)) };
+        // prctl, seccomp) on C strings and filters built before the fork; it allocates
+        // nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                keep_only_listener(inherited_fd)?;
+                enter_namespace(&binds)?;
+                for filter in &filters {
+                    // The errno of the failed prctl or seccomp call (no allocation here).
+                    seccompiler::apply_filter(filter).map_err(|_| std::io::Error::last_os_error())?;
+                }
+                Ok(())
+            })
+        };
         let spawned = command.spawn();
         drop(inherited);
         let mut child = spawned.with_context(|| format!("volumes: start {}", binary.display()))?;
-        let connected = UnixStream::connect(&socket_path);
+        let connected = UnixStream::connect(socket_path);
         // Once our copy of the listener is closed, virtiofsd holds the only one: if it dies
         // before accepting, our connection is reset rather than left waiting in the backlog.
         drop(listener);
-        let _ = std::fs::remove_file(&socket_path);
+        let _ = std::fs::remove_file(socket_path);
         match connected {
             Ok(socket) => Ok(Self { child: Some(child), log, socket: Arc::new(socket) }),
             Err(e) => {
@@ -151,8 +176,62 @@ fn said_on_exit(child: &mut Child, log: &Path, error: anyhow::Error) -> anyhow::
     error.context(format!("virtiofsd exited ({status}) and said: {last}"))
 }
 
+/// The two filters of the module's comment: chmod and creation with S_ISUID or S_ISGID fail
+/// with EPERM; openat2 fails with ENOSYS.
+fn no_setid_filters() -> anyhow::Result<Vec<seccompiler::BpfProgram>> {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition as Cond, SeccompFilter, SeccompRule};
+    let arch = seccompiler::TargetArch::x86_64;
+    let masked = |arg, bits: u64| Cond::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(bits), bits);
+    let build = |e: seccompiler::BackendError| anyhow!("volumes: virtiofsd's seccomp filter: {e}");
+    let setid = [u64::from(libc::S_ISUID), u64::from(libc::S_ISGID)];
+    let mut rules = std::collections::BTreeMap::new();
+    // (system call, mode argument): chmod and the calls that create a file with a mode.
+    for (call, mode) in [
+        (libc::SYS_chmod, 1),
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (libc::SYS_mknod, 1),
+        (libc::SYS_mknodat, 2),
+        (libc::SYS_creat, 1),
+    ] {
+        let r = setid.iter().map(|&bit| Ok(SeccompRule::new(vec![masked(mode, bit)?])?)).collect::<Result<Vec<_>, _>>();
+        rules.insert(call, r.map_err(build)?);
+    }
+    // open and openat: only when creating (O_CREAT or O_TMPFILE); flags, then mode.
+    for (call, flags) in [(libc::SYS_open, 1), (libc::SYS_openat, 2)] {
+        let mut r = Vec::new();
+        for creating in [libc::O_CREAT as u64, libc::O_TMPFILE as u64] {
+            for &bit in &setid {
+                r.push(SeccompRule::new(vec![masked(flags, creating).map_err(build)?, masked(flags + 1, bit).map_err(build)?]).map_err(build)?);
+            }
+        }
+        rules.insert(call, r);
+    }
+    let eperm = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(build)?;
+    let openat2 = [(libc::SYS_openat2, Vec::new())].into_iter().collect();
+    let enosys = SeccompFilter::new(openat2, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch).map_err(build)?;
+    [eperm, enosys].into_iter().map(|f| f.try_into().map_err(build)).collect()
+}
+
 fn c_path(path: &Path) -> anyhow::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| anyhow!("volumes: {}: a NUL byte in the path", path.display()))
+}
+
+/// In the forked child: the listener on [`LISTEN_FD`] and every other inherited descriptor
+/// made close-on-exec (not closed: std's own pipe, which reports a failed exec, is among them). The OCI runtime's VMM process holds create's pipes and the caller's (conmon's sync
+/// pipe, containerd's FIFOs), which are not close-on-exec; a virtiofsd holding one would keep
+/// its reader waiting for an end that never comes.
+fn keep_only_listener(fd: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 and close_range on descriptors, integer arguments only.
+    unsafe {
+        if libc::dup2(fd, LISTEN_FD) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_close_range, LISTEN_FD + 1, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// In the forked child: a private mount namespace holding the shares' bind mounts, and death
@@ -176,4 +255,66 @@ fn enter_namespace(binds: &[Bind]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// Needs root (a mount namespace) and virtiofsd (images/build-virtiofsd.sh; CI builds it).
+    #[test]
+    fn virtiofsd_sees_the_shares_mounted_the_host_does_not_and_answers_a_frontend() {
+        let binary = crate::layout::Layout::load().unwrap().virtiofsd().unwrap().path;
+        let dir = test_support::TempDir::new("volumes");
+        let (rw, ro) = (dir.path("rw"), dir.path("ro"));
+        std::fs::create_dir(&rw).unwrap();
+        std::fs::create_dir(&ro).unwrap();
+        let sandbox = dir.path("sandbox");
+        std::fs::create_dir(&sandbox).unwrap();
+        let shares = [Share { host: rw, read_only: false }, Share { host: ro, read_only: true }];
+        let socket = sandbox.join("virtiofs.sock");
+        let virtiofsd = Virtiofsd::start(&binary, &sandbox, &socket, &shares).unwrap();
+        assert!(!socket.exists(), "the socket file is removed once connected");
+
+        let pid = virtiofsd.child.as_ref().unwrap().id();
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let mount_of = |table: &str, target: &Path| {
+            let target = target.to_str().unwrap().to_string();
+            table.lines().find(|l| l.split(' ').nth(4) == Some(target.as_str())).map(str::to_string)
+        };
+        let (shared0, shared1) = (sandbox.join("shared/0"), sandbox.join("shared/1"));
+        let rw_mount = mount_of(&theirs, &shared0).expect("shared/0 mounted for virtiofsd");
+        let ro_mount = mount_of(&theirs, &shared1).expect("shared/1 mounted for virtiofsd");
+        assert!(rw_mount.split(' ').nth(5).unwrap().starts_with("rw"), "{rw_mount}");
+        assert!(ro_mount.split(' ').nth(5).unwrap().starts_with("ro"), "{ro_mount}");
+        let ours = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert_eq!(mount_of(&ours, &shared0), None, "the host's mount table holds no share");
+
+        // The vhost-user handshake the VMM makes at boot.
+        let socket = virtiofsd.socket.try_clone().unwrap();
+        vmm::devices::virtio::fs::Fs::new(socket, SHARED_TAG).unwrap();
+
+        // Killing it (what a failed boot does) leaves no process.
+        drop(virtiofsd);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "virtiofsd {pid} is gone");
+    }
+
+    #[test]
+    fn a_virtiofsd_that_exits_at_once_is_named_with_what_it_said() {
+        let dir = test_support::TempDir::new("volumes");
+        let sandbox = dir.path("sandbox");
+        std::fs::create_dir(&sandbox).unwrap();
+        let fake = dir.path("virtiofsd");
+        std::fs::write(&fake, "#!/bin/sh\necho 'fake virtiofsd: bad day' >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let shares = [Share { host: dir.path("sandbox"), read_only: false }];
+        let mut v = Virtiofsd::start(&fake, &sandbox, &sandbox.join("s"), &shares).unwrap();
+        // The connection was queued before it died; the handshake then fails, and explain
+        // adds its last words.
+        let socket = v.socket.try_clone().unwrap();
+        let err = vmm::devices::virtio::fs::Fs::new(socket, SHARED_TAG).err().unwrap();
+        let err = format!("{:#}", v.explain(err.into()));
+        assert!(err.contains("virtiofsd exited (exit status: 3) and said: fake virtiofsd: bad day"), "{err}");
+    }
 }

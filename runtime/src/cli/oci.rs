@@ -640,7 +640,7 @@ fn features() -> anyhow::Result<u8> {
         "annotations": {
             "io.microvm.isolation": "kvm-microvm",
             "io.microvm.network": "OCI containers: the interface the caller made in the network namespace (podman CNI, docker libnetwork) carried into the guest: a tap beside it joined by tc mirred filters, IPv4 address and default route; `microvm run`: virtio-net through passt (--network user, -p)",
-            "io.microvm.mounts": "tmpfs, proc, sysfs, devpts, mqueue, cgroup2 inside the guest; bind mounts from the host are refused",
+            "io.microvm.mounts": "tmpfs, proc, sysfs, devpts, mqueue, cgroup2 inside the guest; bind mounts of host directories and of files over 64 KiB shared over virtio-fs (one virtiofsd per sandbox; ro read-only on the host side; no setuid or setgid bit reaches the host); smaller files copied into the guest; sockets, devices and FIFOs refused",
         },
     });
     println!("{features:#}");

@@ -55,11 +55,12 @@ impl Case {
         }
     }
 
-    pub fn vars(&self) -> [(&'static str, PathBuf); 3] {
+    pub fn vars(&self) -> [(&'static str, PathBuf); 4] {
         [
             ("MICROVM_CACHE", suite().cache.clone()),
             ("MICROVM_RUNTIME_DIR", self.runtime.0.clone()),
             ("MICROVM_AGENT", input("MICROVM_AGENT")),
+            ("MICROVM_VIRTIOFSD", input("MICROVM_VIRTIOFSD")),
         ]
     }
 
@@ -104,13 +105,16 @@ impl Case {
         retry_once_after_emulator_boot_fault(125, once, |o| (o.code, &o.stderr))
     }
 
-    /// Nothing of a finished run stays: no sandbox directory, no VMM process.
+    /// Nothing of a finished run stays: no sandbox directory, no mount under it, no VMM process
+/// (nor virtiofsd or passt).
     pub fn assert_nothing_left(&self) {
         let left: Vec<_> = std::fs::read_dir(&self.runtime.0)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "left behind: {left:?}");
         let runtime = self.runtime.0.to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        assert!(!mounts.contains(&runtime), "a mount under {runtime} is left");
         assert!(
             processes_matching(&runtime).is_empty(),
             "a microvm process is still running"

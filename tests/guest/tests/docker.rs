@@ -298,6 +298,16 @@ fn docker_runs_containers_in_microvms() {
     let out = docker.run_container(&["--rm", image, "sh", "-c", "echo hi; exit 7"]);
     assert_eq!((out.code, out.stdout.as_str()), (Some(7), "hi\n"), "{out:?}");
 
+    // A host directory over virtio-fs, both ways; and --init, whose docker-init (over the
+    // 64 KiB copy limit) is shared the same way.
+    let data = TempDir::new("docker-vol");
+    std::fs::write(data.path("in.txt"), "from the host\n").unwrap();
+    let v = format!("{}:/data", data.0.display());
+    let script = "cat /data/in.txt; echo from docker > /data/out.txt; cat /proc/1/comm";
+    let out = docker.run_container(&["--rm", "--init", "-v", &v, image, "sh", "-c", script]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "from the host\ndocker-init\n"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(data.path("out.txt")).unwrap(), "from docker\n");
+
     let out = docker.run_container(&["-d", image, "sh", "-c", "echo started; sleep 1000"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let id = out.stdout.trim().to_owned();

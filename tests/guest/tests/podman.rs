@@ -54,6 +54,7 @@ impl Podman {
             (input("MICROVM_BIN"), "bin/microvm"),
             (input("MICROVM_KERNEL_DIR").join("vmlinux"), "lib/microvm/vmlinux"),
             (input("MICROVM_AGENT"), "lib/microvm/microvm-agent"),
+            (input("MICROVM_VIRTIOFSD"), "lib/microvm/virtiofsd"),
         ] {
             std::fs::create_dir_all(prefix.join(to).parent().unwrap()).unwrap();
             std::fs::copy(&from, prefix.join(to)).unwrap();
@@ -165,6 +166,42 @@ fn podman_runs_containers_in_microvms() {
     let rm = podman.run(&["rm", &id]);
     assert_eq!(rm.code, Some(0), "{rm:?}");
     podman.assert_nothing_left();
+}
+
+/// podman's volumes over virtio-fs: `-v HOSTDIR:/data` both ways, `:ro` refuses writes, a
+/// named volume outlives its container, and `--mount type=bind`.
+#[test]
+fn podman_volumes_share_host_directories() {
+    let case = Case::new("podman-vol");
+    let podman = Podman::new(&case);
+    let image = "localhost/busybox";
+    let data = TempDir::new("podman-vol-data");
+    std::fs::write(data.path("in.txt"), "from the host\n").unwrap();
+
+    let v = format!("{}:/data", data.0.display());
+    let script = "cat /data/in.txt; echo from the container > /data/out.txt";
+    let out = podman.run(&["run", "--rm", "--network", "none", "-v", &v, image, "sh", "-c", script]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "from the host\n"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(data.path("out.txt")).unwrap(), "from the container\n");
+
+    let ro = format!("{v}:ro");
+    let out = podman.run(&["run", "--rm", "--network", "none", "-v", &ro, image, "sh", "-c", "echo x > /data/y"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert!(!data.path("y").exists());
+
+    let out = podman.run(&["volume", "create", "kept"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = podman.run(&["run", "--rm", "--network", "none", "-v", "kept:/v", image, "sh", "-c", "echo kept > /v/f"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mount = format!("type=bind,src={},dst=/m", data.0.display());
+    let script = "cat /v/f /m/in.txt";
+    let out = podman.run(&["run", "--rm", "--network", "none", "-v", "kept:/v", "--mount", &mount, image, "sh", "-c", script]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "kept\nfrom the host\n"), "{out:?}");
+    let out = podman.run(&["volume", "rm", "kept"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    podman.assert_nothing_left();
+    case.assert_nothing_left();
 }
 
 /// podman given an installed microvm by path, with no MICROVM_* variable: the kernel and agent

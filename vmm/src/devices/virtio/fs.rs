@@ -230,7 +230,13 @@ impl Worker {
             for event in &events[..n] {
                 match event.data() {
                     TOKEN_SOCKET => self.backend_gone(),
-                    token if token >= KICK => self.fail_requests((token - KICK) as usize),
+                    token if token >= KICK => {
+                        let index = (token - KICK) as usize;
+                        if let Some(queue) = self.queues.get(index) {
+                            let _ = queue.kick.read(); // readable: does not block
+                        }
+                        self.fail_requests(index);
+                    }
                     index => {
                         if let Some(call) = self.calls.get(index as usize) {
                             let _ = call.read();
@@ -271,7 +277,6 @@ impl Worker {
     /// Answers every request waiting on queue `index` with EIO (no answer for FORGETs).
     fn fail_requests(&mut self, index: usize) {
         let Some(active) = self.queues.get_mut(index) else { return };
-        let _ = active.kick.read();
         let mut used_any = false;
         while let Some(chain) = active.queue.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
@@ -365,6 +370,42 @@ mod tests {
         assert_eq!(fail_request(&mem, chain), Ok(0));
         let chain = queue.pop_descriptor_chain(&mem).unwrap();
         assert!(fail_request(&mem, chain).is_err());
+    }
+
+    /// The backend took the first request and died: that one and a later one both get EIO,
+    /// and the guest is interrupted.
+    #[test]
+    fn when_the_backend_hangs_up_pending_and_later_requests_fail_with_eio() {
+        use std::sync::atomic::AtomicU32;
+        use std::sync::Arc;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (hiprio, mut requests) = (Ring::new(0), Ring::new(0x1_0000));
+        request(&mem, 0x8_0000, 1, 11);
+        requests.offer(&mem, &[(0x8_0000, 48, false), (0x9_0000, 64, true)]);
+        let kicks = [(); 2].map(|_| EventFd::new(0).unwrap());
+        let calls = (0..2).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
+        let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        let interrupt = Interrupt::new(Arc::new(AtomicU32::new(0)), irq.clone());
+        let queues = [&hiprio, &requests].into_iter().zip(&kicks);
+        let queues = queues.map(|(r, k)| ActiveQueue { queue: r.queue(), kick: k.try_clone().unwrap() }).collect();
+        let (ours, backend) = UnixStream::pair().unwrap();
+        let worker = Worker::new(mem.clone(), queues, calls, ours.as_raw_fd(), interrupt, "t".into()).unwrap();
+        std::thread::spawn(move || {
+            let _socket = ours;
+            worker.run()
+        });
+
+        drop(backend);
+        assert_eq!(requests.wait_used(&mem), [(0, FUSE_OUT_HEADER_LEN)]);
+        assert!(irq.read().unwrap() > 0);
+        request(&mem, 0xa_0000, 1, 12);
+        requests.offer(&mem, &[(0xa_0000, 48, false), (0xb_0000, 64, true)]);
+        kicks[1].write(1).unwrap();
+        assert_eq!(requests.wait_used(&mem), [(2, FUSE_OUT_HEADER_LEN)]);
+        let mut reply = [0u8; 16];
+        mem.read_slice(&mut reply, GuestAddress(0xb_0000)).unwrap();
+        assert_eq!(i32::from_le_bytes(reply[4..8].try_into().unwrap()), -libc::EIO);
+        assert_eq!(u64::from_le_bytes(reply[8..].try_into().unwrap()), 12);
     }
 
     #[test]
