@@ -32,6 +32,10 @@ if [[ ! -x $bin ]]; then
     mv -T "$tmp" "$root"
     trap - EXIT
 fi
-ln -sfn "$VERSION" "$cache/.current.$$"
-mv -T "$cache/.current.$$" "$cache/current"
+# Replaced atomically, and only when it names another version (the cache may be read-only
+# where it is only read, as in the nested bed).
+if [[ $(readlink "$cache/current" 2>/dev/null) != "$VERSION" ]]; then
+    ln -sfn "$VERSION" "$cache/.current.$$"
+    mv -T "$cache/.current.$$" "$cache/current"
+fi
 echo "$bin"

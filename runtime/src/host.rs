@@ -20,6 +20,8 @@ pub struct HostReport {
     pub kernel: Result<crate::layout::Found, String>,
     pub agent: Result<crate::layout::Found, String>,
     pub cache: Result<crate::layout::Found, String>,
+    /// For volumes only: not part of the verdict.
+    pub virtiofsd: Result<crate::layout::Found, String>,
 }
 
 impl HostReport {
@@ -48,6 +50,7 @@ impl HostReport {
             kernel: layout.as_ref().map_err(Clone::clone).and_then(|l| l.kernel(None).map_err(|e| e.to_string())),
             agent: layout.as_ref().map_err(Clone::clone).and_then(|l| l.agent(None).map_err(|e| e.to_string())),
             cache: layout.as_ref().map_err(Clone::clone).and_then(|l| l.image_cache().map_err(|e| e.to_string())),
+            virtiofsd: layout.as_ref().map_err(Clone::clone).and_then(|l| l.virtiofsd().map_err(|e| e.to_string())),
         }
     }
 
@@ -116,6 +119,7 @@ mod tests {
             kernel: found("/k/vmlinux"),
             agent: found("/k/microvm-agent"),
             cache: found("/var/cache/microvm"),
+            virtiofsd: found("/k/virtiofsd"),
         }
     }
 

@@ -86,7 +86,7 @@ impl Virtiofsd {
         }
 
         let socket_path = socket;
-        let listener = UnixListener::bind(&socket_path)
+        let listener = UnixListener::bind(socket_path)
             .with_context(|| format!("volumes: virtiofsd socket {}", socket_path.display()))?;
         // dup(2) leaves close-on-exec off, so virtiofsd inherits this copy (std's are all
         // close-on-exec).
@@ -194,7 +194,7 @@ fn no_setid_filters() -> anyhow::Result<Vec<seccompiler::BpfProgram>> {
         (libc::SYS_mknodat, 2),
         (libc::SYS_creat, 1),
     ] {
-        let r = setid.iter().map(|&bit| Ok(SeccompRule::new(vec![masked(mode, bit)?])?)).collect::<Result<Vec<_>, _>>();
+        let r = setid.iter().map(|&bit| SeccompRule::new(vec![masked(mode, bit)?])).collect::<Result<Vec<_>, _>>();
         rules.insert(call, r.map_err(build)?);
     }
     // open and openat: only when creating (O_CREAT or O_TMPFILE); flags, then mode.

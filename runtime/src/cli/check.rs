@@ -31,7 +31,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
         if let Some(n) = r.nested_param {
             println!("nesting allowed:     {}", if n { "yes" } else { "no" });
         }
-        for (what, found) in [("guest kernel:", &r.kernel), ("guest agent:", &r.agent), ("image cache:", &r.cache)] {
+        let items = [
+            ("guest kernel:", &r.kernel),
+            ("guest agent:", &r.agent),
+            ("image cache:", &r.cache),
+            ("virtiofsd (volumes):", &r.virtiofsd),
+        ];
+        for (what, found) in items {
             match found {
                 Ok(f) => println!("{what:<21}{} ({})", f.path.display(), f.from),
                 Err(e) => println!("{what:<21}{e}"),
