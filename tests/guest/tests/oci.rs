@@ -396,6 +396,52 @@ fn twenty_networked_containers_created_and_deleted_leave_nothing() {
     assert!(!qdiscs.contains("ingress"), "a filter is left: {qdiscs}");
 }
 
+/// Twenty containers with a host directory bind-mounted (a volume over virtio-fs): while one
+/// runs, its writes reach the host and its virtiofsd is running; after twenty created and
+/// deleted no virtiofsd, mount, socket, state or process is left.
+#[test]
+fn twenty_containers_with_volumes_created_and_deleted_leave_nothing() {
+    let oci = Oci::new("oci-vol");
+    oci.set_args(&["sh", "-c", "echo written > /data/mark; exec sleep 1000"]);
+    let data = TempDir::new("oci-vol-data");
+    let path = oci.bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let volume = format!(
+        "\"mounts\": [{{\"destination\": \"/data\", \"type\": \"bind\", \"source\": \"{}\", \"options\": [\"rbind\", \"rw\"]}}, ",
+        data.0.display()
+    );
+    std::fs::write(&path, text.replacen("\"mounts\": [", &volume, 1)).unwrap();
+    let root = oci.root.to_string_lossy().to_string();
+    let virtiofsd = || processes_matching(&root).into_iter().filter(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("virtiofsd"))
+    }).count();
+    for n in 0..20 {
+        let id = format!("v{n}");
+        let (code, err) = oci.create(&id);
+        assert_eq!(code, Some(0), "{id}: {err}");
+        let pid = oci.pid(&id);
+        assert!(virtiofsd() > 0, "{id}: no virtiofsd while created");
+        if n == 0 {
+            assert_eq!(oci.verb(&["start", &id]).code, Some(0));
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !data.path("mark").exists() {
+                assert!(std::time::Instant::now() < deadline, "the container's write never reached the host");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(std::fs::read_to_string(data.path("mark")).unwrap(), "written\n");
+        }
+        let out = oci.verb(&["delete", "--force", &id]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert_eq!(wait_for(pid, Duration::from_secs(10)), 128 + libc::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while virtiofsd() > 0 {
+        assert!(std::time::Instant::now() < deadline, "a virtiofsd outlived its container");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    oci.assert_nothing_left();
+}
+
 #[test]
 fn exec_runs_more_processes_inside_the_running_container() {
     let oci = Oci::new("oci-exec");
