@@ -75,8 +75,9 @@ fn run() -> Result<(), AgentError> {
     // 2. and 3.
     mounts::enter_tmpfs_root()?;
     mounts::mount_pseudo_filesystems()?;
-    mounts::mount_rootfs()?;
+    // The shared directory first: the rootfs may come through it.
     mounts::mount_shared()?;
+    mounts::mount_rootfs()?;
 
     // 4.
     let reaper = reaper::start()?;

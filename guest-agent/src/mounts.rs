@@ -2,9 +2,9 @@
 //! tmpfs ([`enter_tmpfs_root`]):
 //! 1. its own pseudo filesystems: /proc, /sys, /sys/fs/cgroup, /dev (devtmpfs), /dev/pts (a private devpts
 //!    instance), /dev/shm and /run (tmpfs) — [`mount_pseudo_filesystems`];
-//! 2. the container image, the block device [`ROOTFS_DEVICE`] (erofs, or ext4), read-only on
-//!    [`ROOTFS_LOWER`], and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live
-//!    on a tmpfs (writes stay in guest memory) — [`mount_rootfs`]. Always an overlay, also for
+//! 2. the container image, the block device [`ROOTFS_DEVICE`] (erofs, or ext4), or the rootfs
+//!    directory shared over virtio-fs (`microvm.rootfs=N`), read-only on [`ROOTFS_LOWER`],
+//!    and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live on a tmpfs (writes stay in guest memory) — [`mount_rootfs`]. Always an overlay, also for
 //!    a read-only root (`root.readonly`): the spec's mount points are made in it first, and the
 //!    container's root is remounted read-only last, as runc does ([`crate::sandbox`]);
 
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+use protocol::{ROOTFS_PARAM, SHARED_PARAM, SHARED_TAG};
 
 /// The block device holding the container image (the VMM's first virtio-blk disk).
 pub const ROOTFS_DEVICE: &str = "/dev/vda";
@@ -138,9 +139,16 @@ pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
     pseudo_filesystems().iter().try_for_each(Mount::mount)
 }
 
-/// Step 2: the image on [`ROOTFS_LOWER`], then [`ROOTFS`] as an overlay.
+/// Step 2: the image on [`ROOTFS_LOWER`], then [`ROOTFS`] as an overlay. The image is the
+/// disk, or, when the command line says `microvm.rootfs=N`, the shared directory's entry N
+/// (the runtime shared the rootfs directory over virtio-fs instead of packing it; it is
+/// read-only on the host side), bind-mounted read-only.
 pub fn mount_rootfs() -> Result<(), MountError> {
-    mount_image()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match param_value(&cmdline, ROOTFS_PARAM) {
+        Some(entry) => mount_shared_rootfs(entry)?,
+        None => mount_image()?,
+    }
     Mount::new("tmpfs", ROOTFS_RW, "tmpfs")
         .flags(MsFlags::MS_NODEV)
         .data("mode=0755")
@@ -161,10 +169,6 @@ pub fn mount_rootfs() -> Result<(), MountError> {
         .mount()
 }
 
-/// The virtio-fs tag of the sandbox's shared directory (the runtime's `volumes::SHARED_TAG`).
-pub const SHARED_TAG: &str = "microvm-shared";
-/// On the kernel command line when the VM has the shared directory.
-const SHARED_PARAM: &str = "microvm.shared";
 
 /// Step 2b: the shared directory (volumes) on [`protocol::GUEST_SHARED_DIR`], when the kernel
 /// command line says the VM has one. Without `nosuid` or `nodev` here: each volume's bind
@@ -175,6 +179,21 @@ pub fn mount_shared() -> Result<(), MountError> {
         return Ok(());
     }
     Mount::new(SHARED_TAG, protocol::GUEST_SHARED_DIR, "virtiofs").flags(MsFlags::empty()).mount()
+}
+
+fn mount_shared_rootfs(entry: &str) -> Result<(), MountError> {
+    let source = Path::new(protocol::GUEST_SHARED_DIR).join(entry);
+    let target = Path::new(ROOTFS_LOWER);
+    create_dir(target)?;
+    let step = |source| MountError::Mount { fstype: "bind", path: target.to_owned(), source };
+    mount(Some(&source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(step)?;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(step)
+}
+
+/// The value of `param=VALUE` on the command line.
+fn param_value<'a>(cmdline: &'a str, param: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().find_map(|p| p.strip_prefix(param)?.strip_prefix('='))
 }
 
 fn has_param(cmdline: &str, param: &str) -> bool {
@@ -259,6 +278,8 @@ mod tests {
         assert!(has_param("console=ttyS0 microvm.shared quiet", SHARED_PARAM));
         assert!(!has_param("console=ttyS0 microvm.shared_not quiet", SHARED_PARAM));
         assert!(!has_param("", SHARED_PARAM));
+        assert_eq!(param_value("a microvm.rootfs=3 b", ROOTFS_PARAM), Some("3"));
+        assert_eq!(param_value("a microvm.rootfsx=3 microvm.rootfs b", ROOTFS_PARAM), None);
     }
 
     #[test]

@@ -139,6 +139,13 @@ pub const GUEST_FILES_DIR: &str = "/run/microvm-files";
 /// Where the agent mounts the sandbox's shared directory (virtio-fs, when the kernel command
 /// line has `microvm.shared`); each volume is a directory or file in it, named by its index.
 pub const GUEST_SHARED_DIR: &str = "/run/microvm-shared";
+/// The virtio-fs tag of the shared directory.
+pub const SHARED_TAG: &str = "microvm-shared";
+/// On the kernel command line when the VM has the shared directory.
+pub const SHARED_PARAM: &str = "microvm.shared";
+/// `microvm.rootfs=N` on the kernel command line: the rootfs is the shared directory's entry N
+/// (shared over virtio-fs rather than packed on a disk).
+pub const ROOTFS_PARAM: &str = "microvm.rootfs";
 
 impl StartProcess {
     /// A process with no sandbox settings beyond the spec's defaults: `args` with `env`, in

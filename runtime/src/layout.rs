@@ -44,6 +44,19 @@ struct Config {
     cache: Option<PathBuf>,
     cache_limit_mib: Option<u64>,
     virtiofsd: Option<PathBuf>,
+    rootfs: Option<RootfsTransport>,
+}
+
+/// How a container's root filesystem directory reaches the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsTransport {
+    /// Packed into an EROFS image (cached by the tree's metadata) on a read-only virtio-blk
+    /// disk.
+    #[default]
+    Erofs,
+    /// Shared read-only over virtio-fs, with the volumes: nothing packed.
+    Virtiofs,
 }
 
 /// A path and the source that named it, for messages and `microvm check`.
@@ -64,6 +77,8 @@ pub struct Layout {
     kernel_variable: Option<PathBuf>,
     agent_variable: Option<PathBuf>,
     virtiofsd_variable: Option<PathBuf>,
+    /// `$MICROVM_ROOTFS` (`erofs` or `virtiofs`), read once.
+    rootfs_variable: Option<String>,
     /// `$PATH`'s directories, read once.
     path: Vec<PathBuf>,
     cache_variable: Option<PathBuf>,
@@ -96,6 +111,7 @@ impl Layout {
             kernel_variable: variable("MICROVM_KERNEL"),
             agent_variable: variable("MICROVM_AGENT"),
             virtiofsd_variable: variable("MICROVM_VIRTIOFSD"),
+            rootfs_variable: std::env::var("MICROVM_ROOTFS").ok(),
             path: std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
             cache_variable,
             user_cache,
@@ -166,6 +182,17 @@ impl Layout {
             fallbacks,
             "volumes need it: cargo install --locked virtiofsd, then install.sh",
         )
+    }
+
+    /// How the rootfs reaches the guest: `$MICROVM_ROOTFS`, then the config's `rootfs`, then
+    /// EROFS (see docs/DESIGN.md, "Volumes", for the measurement behind the default).
+    pub fn rootfs_transport(&self) -> anyhow::Result<RootfsTransport> {
+        match self.rootfs_variable.as_deref() {
+            None => Ok(self.config.rootfs.unwrap_or_default()),
+            Some("erofs") => Ok(RootfsTransport::Erofs),
+            Some("virtiofs") => Ok(RootfsTransport::Virtiofs),
+            Some(other) => bail!("MICROVM_ROOTFS={other:?}: expected erofs or virtiofs"),
+        }
     }
 
     /// `PREFIX` of `PREFIX/bin/microvm` (`target` of `target/release/microvm` in a build tree).
@@ -263,6 +290,7 @@ mod tests {
             kernel_variable: None,
             agent_variable: None,
             virtiofsd_variable: None,
+            rootfs_variable: None,
             path: Vec::new(),
             cache_variable: None,
             user_cache: Some(user_cache.to_path_buf()),
@@ -318,6 +346,9 @@ mod tests {
     fn the_config_file_refuses_unknown_keys() {
         let config = toml::from_str::<Config>("kernel = \"/k\"\ncache = \"/c\"\ncache_limit_mib = 10").unwrap();
         assert_eq!(config.cache_limit_mib, Some(10));
+        let config = toml::from_str::<Config>("rootfs = \"virtiofs\"").unwrap();
+        assert_eq!(config.rootfs, Some(RootfsTransport::Virtiofs));
+        assert!(toml::from_str::<Config>("rootfs = \"9p\"").is_err());
         let e = toml::from_str::<Config>("kernal = \"/k\"").unwrap_err();
         assert!(e.message().contains("kernal"), "{}", e.message());
     }

@@ -62,24 +62,36 @@ pub struct RunningVm {
     pub dump: vmm::DumpHandle,
 }
 
-/// Checks the inputs, packs the rootfs, boots the VM and enters the jail.
-pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
-    let layout = crate::layout::Layout::load()?;
-    let kernel = layout.kernel(spec.kernel)?.path;
-    let agent = layout.agent(spec.agent)?.path;
+/// Packs `rootfs` into the image cache (cached by its metadata); returns the image.
+fn pack(rootfs: &Path, layout: &crate::layout::Layout) -> anyhow::Result<PathBuf> {
     let cache = layout.image_cache()?.path;
-
-    let packed = crate::rootfs::pack(spec.rootfs, &cache)?;
+    let packed = crate::rootfs::pack(rootfs, &cache)?;
     if !packed.cached {
         if let Err(e) = crate::rootfs::prune(&cache, layout.cache_limit()) {
             tracing::warn!("{e}");
         }
     }
-    tracing::debug!(
-        "rootfs image {} ({})",
-        packed.image.display(),
-        if packed.cached { "cached" } else { "packed" }
-    );
+    tracing::debug!("rootfs image {} ({})", packed.image.display(), if packed.cached { "cached" } else { "packed" });
+    Ok(packed.image)
+}
+
+/// Checks the inputs, packs the rootfs, boots the VM and enters the jail.
+pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
+    let layout = crate::layout::Layout::load()?;
+    let kernel = layout.kernel(spec.kernel)?.path;
+    let agent = layout.agent(spec.agent)?.path;
+
+    // The rootfs: packed into a cached EROFS image on a read-only disk, or shared read-only
+    // over virtio-fs beside the volumes (`MICROVM_ROOTFS=virtiofs`, or `rootfs` in the config).
+    let mut shares = spec.shares.to_vec();
+    let image = match layout.rootfs_transport()? {
+        crate::layout::RootfsTransport::Erofs => Some(pack(spec.rootfs, &layout)?),
+        crate::layout::RootfsTransport::Virtiofs => {
+            let rootfs = std::path::absolute(spec.rootfs).with_context(|| format!("{}", spec.rootfs.display()))?;
+            shares.push(crate::volumes::Share { host: rootfs, read_only: true });
+            None
+        }
+    };
     let initrd = spec.dir.join("initramfs.cpio");
     let agent_bytes =
         std::fs::read(&agent).with_context(|| format!("agent {}", agent.display()))?;
@@ -93,7 +105,8 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     // working directory from here on (see oci::control::enter_dir_of: a socket address holds
     // 107 bytes); every other path is made absolute first.
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
-    let (kernel, initrd, image) = (absolute(&kernel)?, absolute(&initrd)?, absolute(&packed.image)?);
+    let (kernel, initrd) = (absolute(&kernel)?, absolute(&initrd)?);
+    let image = image.as_deref().map(absolute).transpose()?;
     let console = absolute(&spec.console.map_or_else(|| spec.dir.join("console.log"), Path::to_path_buf))?;
     let dir = absolute(spec.dir)?;
     std::env::set_current_dir(&dir).with_context(|| format!("{}", dir.display()))?;
@@ -104,10 +117,13 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     config.mem_mib = spec.mem_mib;
     config.vcpus = spec.vcpus;
     config.console = Console::File(console);
-    config.disks = vec![DiskConfig {
-        path: image,
-        read_only: true,
-    }];
+    match image {
+        Some(path) => config.disks = vec![DiskConfig { path, read_only: true }],
+        None => {
+            config.cmdline.push(' ');
+            config.cmdline.push_str(&format!("{}={}", protocol::ROOTFS_PARAM, shares.len() - 1));
+        }
+    }
     config.vsock = Some(VsockConfig {
         guest_cid: GUEST_CID,
         uds_path: uds.clone(),
@@ -123,7 +139,7 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
 
     // virtiofsd ends when the VMM's socket closes, however the VMM ends; until the VM is
     // built, dropping the handle kills it.
-    let mut virtiofsd = match spec.shares {
+    let mut virtiofsd = match &shares[..] {
         [] => None,
         shares => {
             let binary = layout.virtiofsd()?.path;
@@ -134,7 +150,7 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         let tag = crate::volumes::SHARED_TAG.to_string();
         config.filesystems = vec![vmm::config::FsConfig { tag, socket: v.socket.clone() }];
         config.cmdline.push(' ');
-        config.cmdline.push_str(crate::volumes::KERNEL_PARAM);
+        config.cmdline.push_str(crate::volumes::SHARED_PARAM);
     }
 
     config.seccomp = spec.confinement.seccomp.into();

@@ -39,10 +39,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 
-/// The virtio-fs tag of the shared directory, and the kernel parameter that tells the agent to
-/// mount it on [`protocol::GUEST_SHARED_DIR`].
-pub const SHARED_TAG: &str = "microvm-shared";
-pub const KERNEL_PARAM: &str = "microvm.shared";
+pub use protocol::{SHARED_PARAM, SHARED_TAG};
 /// The descriptor virtiofsd gets its listening socket on; it inherits no other beyond stdio.
 const LISTEN_FD: i32 = 3;
 /// virtiofsd's log, in the sandbox directory: the first lines of a failed start.
