@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The rootfs over virtio-fs or packed (issue "Volumes", part 5): `podman run --rm IMG true` for
-# a ~1 GB image (busybox plus 1 GiB in 64 files), with microvm packing podman's per-container
+# a large image (busybox plus SIZE_MIB, default 1024, in 16 MiB files; the nested bed's L1
+# holds the image, podman's per-container copy and the packed image in memory, so give it
+# room or a smaller SIZE_MIB), with microvm packing podman's per-container
 # rootfs into an EROFS image (the default) against sharing it read-only over virtio-fs
 # (MICROVM_ROOTFS=virtiofs), and runc for scale. podman's vfs store copies the image for each
 # container with new inode times, so every microvm container packs cold: this is the case the
@@ -16,12 +18,11 @@ chmod +x "$scratch/microvm-virtiofs"
 big=$scratch/big-rootfs
 cp -a target/images/rootfs-busybox "$big"
 mkdir "$big/data"
-for i in $(seq 64); do head -c 16M /dev/urandom >"$big/data/$i"; done
-tar -C "$big" -cf "$scratch/big.tar" .
-rm -rf "$big"
+for i in $(seq $((${SIZE_MIB:-1024} / 16))); do head -c 16M /dev/urandom >"$big/data/$i"; done
+# Streamed: no tar file beside the tree.
 # shellcheck disable=SC2086
-podman $P import "$scratch/big.tar" localhost/bench-big >/dev/null
-rm -f "$scratch/big.tar"
+tar -C "$big" -c . | podman $P import - localhost/bench-big >/dev/null
+rm -rf "$big"
 declare -A times
 for _ in 1 2 3; do
 	for runtime in runc "$scratch/microvm" "$scratch/microvm-virtiofs"; do
