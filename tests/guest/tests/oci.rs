@@ -423,12 +423,12 @@ fn twenty_containers_with_volumes_created_and_deleted_leave_nothing() {
         assert!(virtiofsd() > 0, "{id}: no virtiofsd while created");
         if n == 0 {
             assert_eq!(oci.verb(&["start", &id]).code, Some(0));
+            // The file exists from the shell's open on; its line follows.
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !data.path("mark").exists() {
+            while std::fs::read_to_string(data.path("mark")).ok().as_deref() != Some("written\n") {
                 assert!(std::time::Instant::now() < deadline, "the container's write never reached the host");
                 std::thread::sleep(Duration::from_millis(100));
             }
-            assert_eq!(std::fs::read_to_string(data.path("mark")).unwrap(), "written\n");
         }
         let out = oci.verb(&["delete", "--force", &id]);
         assert_eq!(out.code, Some(0), "{out:?}");
