@@ -75,9 +75,11 @@ fn run() -> Result<(), AgentError> {
     // 2. and 3.
     mounts::enter_tmpfs_root()?;
     mounts::mount_pseudo_filesystems()?;
-    // The shared directory first: the rootfs may come through it.
-    mounts::mount_shared()?;
-    mounts::mount_rootfs()?;
+    // The shared directory first: the rootfs may come through it. Both read the kernel's
+    // command line, which the runtime uses to say what the VM has.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    mounts::mount_shared(&cmdline)?;
+    mounts::mount_rootfs(&cmdline)?;
 
     // 4.
     let reaper = reaper::start()?;

@@ -4,8 +4,9 @@
 //!    instance), /dev/shm and /run (tmpfs) — [`mount_pseudo_filesystems`];
 //! 2. the container image, the block device [`ROOTFS_DEVICE`] (erofs, or ext4), or the rootfs
 //!    directory shared over virtio-fs (`microvm.rootfs=N`), read-only on [`ROOTFS_LOWER`],
-//!    and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live on a tmpfs (writes stay in guest memory) — [`mount_rootfs`]. Always an overlay, also for
-//!    a read-only root (`root.readonly`): the spec's mount points are made in it first, and the
+//!    and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live on a tmpfs
+//!    (writes stay in guest memory) — [`mount_rootfs`]. Always an overlay, also for a
+//!    read-only root (`root.readonly`): the spec's mount points are made in it first, and the
 //!    container's root is remounted read-only last, as runc does ([`crate::sandbox`]);
 
 use std::io;
@@ -143,9 +144,8 @@ pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
 /// disk, or, when the command line says `microvm.rootfs=N`, the shared directory's entry N
 /// (the runtime shared the rootfs directory over virtio-fs instead of packing it; it is
 /// read-only on the host side), bind-mounted read-only.
-pub fn mount_rootfs() -> Result<(), MountError> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    match param_value(&cmdline, ROOTFS_PARAM) {
+pub fn mount_rootfs(cmdline: &str) -> Result<(), MountError> {
+    match param_value(cmdline, ROOTFS_PARAM) {
         Some(entry) => mount_shared_rootfs(entry)?,
         None => mount_image()?,
     }
@@ -169,13 +169,11 @@ pub fn mount_rootfs() -> Result<(), MountError> {
         .mount()
 }
 
-
 /// Step 2b: the shared directory (volumes) on [`protocol::GUEST_SHARED_DIR`], when the kernel
 /// command line says the VM has one. Without `nosuid` or `nodev` here: each volume's bind
 /// mount into the container carries the spec's own options.
-pub fn mount_shared() -> Result<(), MountError> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if !has_param(&cmdline, SHARED_PARAM) {
+pub fn mount_shared(cmdline: &str) -> Result<(), MountError> {
+    if !has_param(cmdline, SHARED_PARAM) {
         return Ok(());
     }
     Mount::new(SHARED_TAG, protocol::GUEST_SHARED_DIR, "virtiofs").flags(MsFlags::empty()).mount()

@@ -2,6 +2,7 @@
 
 mod binds;
 mod cli;
+mod helper;
 mod host;
 mod initramfs;
 mod jail;

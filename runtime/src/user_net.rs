@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -135,7 +135,7 @@ impl Publish {
 
 /// A running passt, serving one VM; killed when dropped before the VM has its socket end.
 pub struct UserNetwork {
-    child: Option<Child>,
+    passt: crate::helper::Helper,
     /// The VMM's end of the socketpair.
     pub socket: Arc<UnixStream>,
 }
@@ -187,16 +187,15 @@ impl UserNetwork {
             }
             _ => anyhow!("network user: start passt: {e}"),
         })?;
-        let network = Self { child: Some(child), socket: Arc::new(ours) };
+        let network = Self { passt: crate::helper::Helper::new(child), socket: Arc::new(ours) };
         // The socket is empty and blocking: this write does not wait.
         (&*network.socket).write_all(&announcement()).context("network: announce the guest to passt")?;
         Ok(Some(network))
     }
 
-    /// From now on passt's life is tied to the VMM's socket (it exits when that closes), so
-    /// it is no longer killed on drop; the process is reaped by whoever inherits it.
+    /// The VMM holds its socket now: see [`crate::helper`].
     pub fn handed_over(mut self) {
-        self.child = None;
+        self.passt.handed_over();
     }
 }
 
@@ -221,14 +220,6 @@ fn has_default_route() -> bool {
     })
 }
 
-impl Drop for UserNetwork {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test

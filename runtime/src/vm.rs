@@ -147,10 +147,10 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         }
     };
     if let Some(v) = &virtiofsd {
-        let tag = crate::volumes::SHARED_TAG.to_string();
+        let tag = protocol::SHARED_TAG.to_string();
         config.filesystems = vec![vmm::config::FsConfig { tag, socket: v.socket.clone() }];
         config.cmdline.push(' ');
-        config.cmdline.push_str(crate::volumes::SHARED_PARAM);
+        config.cmdline.push_str(protocol::SHARED_PARAM);
     }
 
     config.seccomp = spec.confinement.seccomp.into();

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 
-pub use protocol::{SHARED_PARAM, SHARED_TAG};
+use protocol::SHARED_TAG;
 /// The descriptor virtiofsd gets its listening socket on; it inherits no other beyond stdio.
 const LISTEN_FD: i32 = 3;
 /// virtiofsd's log, in the sandbox directory: the first lines of a failed start.
@@ -54,7 +54,7 @@ pub struct Share {
 
 /// A running virtiofsd and our connected end of its vhost-user socket.
 pub struct Virtiofsd {
-    child: Option<Child>,
+    process: crate::helper::Helper,
     log: PathBuf,
     pub socket: Arc<UnixStream>,
 }
@@ -82,9 +82,8 @@ impl Virtiofsd {
             binds.push(Bind { source: c_path(&share.host)?, target: c_path(&target)?, read_only: share.read_only });
         }
 
-        let socket_path = socket;
-        let listener = UnixListener::bind(socket_path)
-            .with_context(|| format!("volumes: virtiofsd socket {}", socket_path.display()))?;
+        let listener = UnixListener::bind(socket)
+            .with_context(|| format!("volumes: virtiofsd socket {}", socket.display()))?;
         // dup(2) leaves close-on-exec off, so virtiofsd inherits this copy (std's are all
         // close-on-exec).
         let inherited = nix::unistd::dup(&listener).context("volumes: dup")?;
@@ -123,13 +122,13 @@ impl Virtiofsd {
         let spawned = command.spawn();
         drop(inherited);
         let mut child = spawned.with_context(|| format!("volumes: start {}", binary.display()))?;
-        let connected = UnixStream::connect(socket_path);
+        let connected = UnixStream::connect(socket);
         // Once our copy of the listener is closed, virtiofsd holds the only one: if it dies
         // before accepting, our connection is reset rather than left waiting in the backlog.
         drop(listener);
-        let _ = std::fs::remove_file(socket_path);
+        let _ = std::fs::remove_file(socket);
         match connected {
-            Ok(socket) => Ok(Self { child: Some(child), log, socket: Arc::new(socket) }),
+            Ok(socket) => Ok(Self { process: crate::helper::Helper::new(child), log, socket: Arc::new(socket) }),
             Err(e) => {
                 let error = said_on_exit(&mut child, &log, anyhow!("volumes: connect to virtiofsd: {e}"));
                 let _ = child.kill();
@@ -141,25 +140,15 @@ impl Virtiofsd {
 
     /// Adds what virtiofsd said to `error` if it has exited (the VMM's handshake with it failed).
     pub fn explain(&mut self, error: anyhow::Error) -> anyhow::Error {
-        match &mut self.child {
+        match self.process.child() {
             Some(child) => said_on_exit(child, &self.log, error),
             None => error,
         }
     }
 
-    /// From now on virtiofsd's life is tied to the VMM's socket (it exits when that closes),
-    /// so it is no longer killed on drop; the process is reaped by whoever inherits it.
+    /// The VMM holds its socket now: see [`crate::helper`].
     pub fn handed_over(mut self) {
-        self.child = None;
-    }
-}
-
-impl Drop for Virtiofsd {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.handed_over();
     }
 }
 
@@ -215,9 +204,10 @@ fn c_path(path: &Path) -> anyhow::Result<CString> {
 }
 
 /// In the forked child: the listener on [`LISTEN_FD`] and every other inherited descriptor
-/// made close-on-exec (not closed: std's own pipe, which reports a failed exec, is among them). The OCI runtime's VMM process holds create's pipes and the caller's (conmon's sync
-/// pipe, containerd's FIFOs), which are not close-on-exec; a virtiofsd holding one would keep
-/// its reader waiting for an end that never comes.
+/// made close-on-exec (not closed: std's own pipe, which reports a failed exec, is among them).
+/// The OCI runtime's VMM process holds create's pipes and the caller's (conmon's sync pipe,
+/// containerd's FIFOs), which are not close-on-exec; a virtiofsd holding one would keep its
+/// reader waiting for an end that never comes.
 fn keep_only_listener(fd: i32) -> std::io::Result<()> {
     // SAFETY: dup2 and close_range on descriptors, integer arguments only.
     unsafe {
@@ -271,10 +261,10 @@ mod tests {
         std::fs::create_dir(&sandbox).unwrap();
         let shares = [Share { host: rw, read_only: false }, Share { host: ro, read_only: true }];
         let socket = sandbox.join("virtiofs.sock");
-        let virtiofsd = Virtiofsd::start(&binary, &sandbox, &socket, &shares).unwrap();
+        let mut virtiofsd = Virtiofsd::start(&binary, &sandbox, &socket, &shares).unwrap();
         assert!(!socket.exists(), "the socket file is removed once connected");
 
-        let pid = virtiofsd.child.as_ref().unwrap().id();
+        let pid = virtiofsd.process.child().unwrap().id();
         let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
         let mount_of = |table: &str, target: &Path| {
             let target = target.to_str().unwrap().to_string();

@@ -170,3 +170,14 @@ fn emulator_boot_fault(stderr: &str) -> bool {
             || stderr.contains("the VM stopped while its container ran: guest triple fault: rip=0xfff0 ")
             || stderr.contains("microvm: guest triple fault: rip=0xfff0 "))
 }
+
+/// The virtiofsd processes (volumes) whose command line holds `needle`: a sandbox's runtime
+/// directory or state root names its shared directory.
+pub fn virtiofsd_processes(needle: &str) -> Vec<u32> {
+    processes_matching(needle)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("virtiofsd"))
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use guest_tests::{retry_once_after_emulator_boot_fault, suite, Case};
+use guest_tests::{retry_once_after_emulator_boot_fault, suite, virtiofsd_processes, Case};
 use test_support::{input, processes_matching, KillAfter, Outcome, TempDir};
 
 /// Like conmon: orphans of `create` (the VMM processes) become this process's children.
@@ -412,9 +412,7 @@ fn twenty_containers_with_volumes_created_and_deleted_leave_nothing() {
     );
     std::fs::write(&path, text.replacen("\"mounts\": [", &volume, 1)).unwrap();
     let root = oci.root.to_string_lossy().to_string();
-    let virtiofsd = || processes_matching(&root).into_iter().filter(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("virtiofsd"))
-    }).count();
+    let virtiofsd = || virtiofsd_processes(&root).len();
     for n in 0..20 {
         let id = format!("v{n}");
         let (code, err) = oci.create(&id);

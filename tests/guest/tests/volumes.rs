@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guest_tests::Case;
+use guest_tests::{virtiofsd_processes, Case};
 use test_support::{KillAfter, TempDir};
 
 fn volume(host: &std::path::Path, container: &str, mode: &str) -> String {
@@ -172,23 +172,18 @@ fn a_dying_virtiofsd_gives_io_errors_not_a_hang() {
     case.assert_nothing_left();
 }
 
-/// Sends SIGKILL to every virtiofsd whose command line names `runtime`; returns how many.
+/// Sends SIGKILL to every virtiofsd whose command line names `runtime`, once one is there;
+/// returns how many.
 fn kill_virtiofsd(runtime: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut killed = 0;
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("virtiofsd") && cmdline.contains(runtime) {
-                // SAFETY: kill with plain integer arguments.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                killed += 1;
-            }
+        let pids = virtiofsd_processes(runtime);
+        for &pid in &pids {
+            // SAFETY: kill with plain integer arguments.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        if killed > 0 || Instant::now() > deadline {
-            return killed;
+        if !pids.is_empty() || Instant::now() > deadline {
+            return pids.len();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
