@@ -27,13 +27,14 @@ step "setup"
 tests/bed/setup.sh
 
 step "build"
-cargo build --release -p runtime --bin microvm
+cargo build --release -p runtime --bin microvm -p containerd-shim-microvm
 KERNEL_DIR=$(kernel-config/build.sh | tail -n 1)
 INITRAMFS=$(images/build-smoke-initramfs.sh | tail -n 1)
 AGENT=$(images/build-agent.sh | tail -n 1)
 VIRTIOFSD=$(images/build-virtiofsd.sh | tail -n 1)
 ROOTFS_DIR=$(dirname "$(images/build-test-rootfs.sh | tail -n 1)")
 export MICROVM_BIN="$ROOT/target/release/microvm"
+export MICROVM_SHIM="$ROOT/target/release/containerd-shim-microvm-v2"
 export MICROVM_AGENT="$AGENT"
 export MICROVM_TEST_ROOTFS_DIR="$ROOTFS_DIR"
 export MICROVM_KERNEL_DIR="$KERNEL_DIR"
