@@ -212,6 +212,10 @@ impl Created {
     fn serve(mut self) -> u8 {
         let status = self.session.wait_exit(self.pid, Some(&self.relay.responses));
         set(&self.status, Status::Stopped);
+        // Nothing reads the agent's responses past the exit event, and a signal that kills
+        // the process may be answered after its exit is reported: a verb waiting for such an
+        // answer is told now (see `answer`), not when AGENT_ANSWER runs out.
+        drop(self.relay.responses);
         for output in self.relay.outputs {
             let _ = output.join();
         }
@@ -328,7 +332,11 @@ fn answer(
         // The container's processes are its process and what it starts, all in its pid
         // namespace in the guest: the agent's signal reaches the first, and --all the same
         // (its children are its to signal, or die with it as PID 1).
-        ControlRequest::Kill { signal, .. } => agent.call_ok(Request::Signal { pid, signal: *signal }),
+        // A process the signal ended is reported before the signal is answered, at times:
+        // then the container has stopped and the signal did its work.
+        ControlRequest::Kill { signal, .. } => agent
+            .call_ok(Request::Signal { pid, signal: *signal })
+            .or_else(|e| if get(status) == Status::Stopped { Ok(()) } else { Err(e) }),
         ControlRequest::Pause if now != Status::Running => Err("container not running".to_owned()),
         ControlRequest::Pause => vcpus
             .pause(PAUSE_TIMEOUT)
