@@ -78,16 +78,26 @@ pub fn pack(rootfs: &Path, cache_dir: &Path) -> Result<Packed, RootfsError> {
     let outcome = match result {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RootfsError::NoPacker),
         Err(e) => Err(RootfsError::Pack { path: rootfs.to_owned(), stderr: e.to_string() }),
-        Ok(out) if !out.status.success() => Err(RootfsError::Pack {
-            path: rootfs.to_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").trim().to_string(),
-        }),
+        Ok(out) if !out.status.success() => Err(RootfsError::Pack { path: rootfs.to_owned(), stderr: failure(&out) }),
         Ok(_) => fs::rename(&tmp, &image).map_err(|source| RootfsError::Cache { path: image.clone(), source }),
     };
     if outcome.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     outcome.map(|()| Packed { image, cached: false })
+}
+
+/// Why mkfs.erofs failed: its last line that says something, else how it ended (a packer
+/// killed for memory, or out of space with `--quiet`, can say nothing at all).
+fn failure(out: &std::process::Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = stderr.split(['\n', '\r']).map(str::trim).rfind(|l| !l.is_empty());
+    match (said, out.status.code(), out.status.signal()) {
+        (Some(line), _, _) => line.to_string(),
+        (None, _, Some(signal)) => format!("killed by signal {signal}, with no message (out of memory?)"),
+        (None, code, _) => format!("exited with status {}, with no message (out of space?)", code.unwrap_or(-1)),
+    }
 }
 
 /// What [`prune`] removed and what is left.
@@ -216,6 +226,19 @@ mod tests {
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    #[test]
+    fn a_packer_failure_always_says_something() {
+        use std::os::unix::process::ExitStatusExt;
+        let out = |raw: i32, stderr: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(raw),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        assert_eq!(failure(&out(1 << 8, "<E> erofs: No space left on device\n \n")), "<E> erofs: No space left on device");
+        assert_eq!(failure(&out(1 << 8, "")), "exited with status 1, with no message (out of space?)");
+        assert_eq!(failure(&out(9, "\n")), "killed by signal 9, with no message (out of memory?)");
     }
 
     #[test]
