@@ -152,6 +152,26 @@ fn not_found(id: &str, exec_id: &str) -> ttrpc::Error {
     }
 }
 
+/// The annotation containerd's CRI plugin puts on a pod's containers ("sandbox" for its
+/// pause container, "container" for the others).
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// A pod's containers would each get a VM of their own, not one VM for the pod, and their
+/// network namespace could not be shared across VMs: refused, naming why, until pods exist.
+fn refuse_pods(bundle: &Path) -> TtrpcResult<()> {
+    let config = bundle.join("config.json");
+    let text = std::fs::read_to_string(&config).map_err(|e| status(Code::INVALID_ARGUMENT, format!("{}: {e}", config.display())))?;
+    let spec: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{}: {e}", config.display())))?;
+    match spec.pointer("/annotations").and_then(|a| a.get(CRI_CONTAINER_TYPE)).and_then(|t| t.as_str()) {
+        None => Ok(()),
+        Some(kind) => Err(status(
+            Code::FAILED_PRECONDITION,
+            format!("microvm does not run Kubernetes pods yet (annotation {CRI_CONTAINER_TYPE}={kind}): one VM per pod is not built; use ctr or a runtime per container"),
+        )),
+    }
+}
+
 /// An exec id names a file in the bundle: containerd's identifier rules, checked here too.
 fn check_exec_id(exec_id: &str) -> TtrpcResult<()> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
@@ -258,6 +278,7 @@ impl containerd_shim::Task for Tasks {
             return Err(status(Code::ALREADY_EXISTS, format!("container {} already exists", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
+        refuse_pods(&bundle)?;
         let mounted = rootfs::mount(&bundle, &req.rootfs).map_err(|e| status(Code::INTERNAL, e))?;
         let mut init = Process::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let launched =
@@ -543,6 +564,20 @@ impl containerd_shim::Task for Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_container_is_refused_and_a_plain_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("shim-pods-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch");
+        std::fs::write(dir.join("config.json"), r#"{"ociVersion":"1.0.2","annotations":{"io.kubernetes.cri.container-type":"sandbox"}}"#).expect("write");
+        let refused = refuse_pods(&dir).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("container-type=sandbox"), "{refused}");
+        std::fs::write(dir.join("config.json"), r#"{"ociVersion":"1.0.2","annotations":{"a":"b"}}"#).expect("write");
+        assert!(refuse_pods(&dir).is_ok());
+        std::fs::write(dir.join("config.json"), "{").expect("write");
+        assert!(refuse_pods(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn exec_ids_cannot_leave_the_bundle() {
