@@ -10,7 +10,7 @@ use anyhow::Context;
 use vmm::config::{Console, DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use vmm::Vmm;
 
-use crate::cli::ConfinementArgs;
+use crate::confinement::Confinement;
 
 /// The VMM's vsock socket, in the VM's directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
@@ -35,7 +35,7 @@ pub struct VmSpec<'a> {
     /// The directory for the VM's runtime files (vsock socket, initramfs, console log); the
     /// jail keeps it and nothing else.
     pub dir: &'a Path,
-    pub confinement: &'a ConfinementArgs,
+    pub confinement: Confinement,
     /// The guest's eth0; none: the guest has no network card.
     pub network: Option<GuestNetwork>,
     /// Host paths shared into the guest (volumes); any starts a virtiofsd for this VM.
@@ -153,7 +153,7 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         config.cmdline.push_str(protocol::SHARED_PARAM);
     }
 
-    config.seccomp = spec.confinement.seccomp.into();
+    config.seccomp = spec.confinement.seccomp;
     let vmm = match (Vmm::boot(&config, start), &mut virtiofsd) {
         (Ok(vmm), _) => vmm,
         (Err(e), Some(v)) => return Err(v.explain(e.into())),

@@ -60,7 +60,8 @@ pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
     };
     config.mem_mib = args.memory;
     config.vcpus = args.cpus;
-    config.seccomp = args.confinement.seccomp.into();
+    let confinement = args.confinement.confinement();
+    config.seccomp = confinement.seccomp;
     config.console = match args.console {
         Some(path) if path.as_os_str() != "-" => Console::File(path),
         _ => Console::Stdout,
@@ -76,7 +77,7 @@ pub fn run(args: BootArgs, start: Instant) -> anyhow::Result<u8> {
     // The jail's root holds a sandbox directory of its own (removed at the end).
     let sandbox = crate::sandbox::SandboxDir::create(None)?;
     let vmm = Vmm::boot(&config, start)?;
-    args.confinement.enter_jail(sandbox.path())?;
+    confinement.enter_jail(sandbox.path())?;
     // boot keeps nothing in it: removed now (with the handle on its parent), the directory lives on (deleted) as the jail's
     // only content, and nothing is left behind however the VMM ends.
     drop(sandbox);

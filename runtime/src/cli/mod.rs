@@ -5,6 +5,8 @@ pub mod oci;
 pub mod pack;
 pub mod run;
 
+use crate::confinement::{Confinement, Jail};
+
 /// `--seccomp`: how the VMM's threads are confined (see vmm::seccomp).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeccompArg {
@@ -45,11 +47,13 @@ pub struct ConfinementArgs {
 }
 
 impl ConfinementArgs {
-    /// Enters the jail around `sandbox`, unless `--no-jail`.
-    pub fn enter_jail(&self, sandbox: &std::path::Path) -> Result<(), crate::jail::JailError> {
-        if self.no_jail {
-            return Ok(());
-        }
-        crate::jail::enter(sandbox, self.jail_uid.zip(self.jail_gid))
+    /// The plain value below the command line.
+    pub fn confinement(&self) -> Confinement {
+        let jail = match (self.no_jail, self.jail_uid.zip(self.jail_gid)) {
+            (true, _) => Jail::Off,
+            (false, None) => Jail::Entered,
+            (false, Some((uid, gid))) => Jail::AsUser { uid, gid },
+        };
+        Confinement { seccomp: self.seccomp.into(), jail }
     }
 }

@@ -79,9 +79,32 @@ pub enum OciCommand {
     /// Change the container's pids and memory limits (in the guest's cgroup)
     Update(UpdateArgs),
     #[command(hide = true)]
-    Monitor(crate::oci::monitor::MonitorArgs),
+    Monitor(MonitorArgs),
     #[command(hide = true)]
-    ExecProcess(crate::oci::exec::StandInArgs),
+    ExecProcess(StandInArgs),
+}
+
+/// The hidden `microvm monitor` subcommand that `create` starts (oci/monitor.rs).
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    id: String,
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    #[command(flatten)]
+    confinement: super::ConfinementArgs,
+}
+
+/// The hidden subcommand a detached `exec` starts (oci/exec.rs).
+#[derive(Debug, Args)]
+pub struct StandInArgs {
+    id: String,
+    /// The process, as JSON (resolved by `exec`).
+    #[arg(long)]
+    process_json: String,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -220,12 +243,21 @@ pub fn run(global: &GlobalArgs, command: OciCommand, start: Instant) -> anyhow::
         OciCommand::Exec(args) => exec(global, &args),
         OciCommand::Update(args) => update(global, &args),
         OciCommand::Monitor(args) => {
-            return Ok(crate::oci::monitor::run(&global.root, args, start));
+            let monitor = crate::oci::monitor::Monitor {
+                id: args.id,
+                bundle: args.bundle,
+                console_socket: args.console_socket,
+                confinement: args.confinement.confinement(),
+            };
+            return Ok(crate::oci::monitor::run(&global.root, monitor, start));
         }
-        OciCommand::ExecProcess(args) => return Ok(crate::oci::exec::stand_in(&global.root, &args)),
+        OciCommand::ExecProcess(args) => {
+            let socket = args.console_socket.as_deref();
+            return Ok(crate::oci::exec::stand_in(&global.root, &args.id, &args.process_json, socket));
+        }
     };
     if let Err(e) = &result {
-        log_error(global, &crate::one_line(e));
+        log_error(global, &crate::errors::one_line(e));
     }
     result
 }
@@ -559,7 +591,7 @@ fn delete(global: &GlobalArgs, args: &DeleteArgs) -> anyhow::Result<u8> {
     dir.remove()?;
     if let Some(namespace) = &record.network_namespace {
         if let Err(e) = crate::tap_net::detach(namespace) {
-            eprintln!("microvm: warning: {}", crate::one_line(&e));
+            eprintln!("microvm: warning: {}", crate::errors::one_line(&e));
         }
     }
     let mut state = state_json(&dir, &record);

@@ -169,7 +169,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
             vcpus: args.cpus,
             console: args.console.as_deref(),
             dir: sandbox.path(),
-            confinement: &args.confinement,
+            confinement: args.confinement.confinement(),
             network: network.as_ref().map(|n| crate::vm::GuestNetwork {
                 mac: crate::user_net::GUEST_MAC,
                 backend: vmm::config::NetBackend::Stream(n.socket.clone()),

@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use oci_spec::runtime::{Process, Spec};
@@ -25,17 +25,6 @@ use super::monitor::{relay, terminal_size, Relay};
 use super::state::{self, ContainerDir};
 use crate::launch_checks::{self, Policy};
 use crate::session::Session;
-
-/// The hidden subcommand a detached `exec` starts.
-#[derive(Debug, clap::Args)]
-pub struct StandInArgs {
-    pub id: String,
-    /// The process, as JSON (resolved by `exec`).
-    #[arg(long)]
-    pub process_json: String,
-    #[arg(long)]
-    pub console_socket: Option<PathBuf>,
-}
 
 /// Where a detached `exec` puts its pipe's write end in the stand-in.
 pub const READY_FD: RawFd = 3;
@@ -105,16 +94,16 @@ pub fn run_attached(root: &Path, id: &str, process: Process, console_socket: Opt
 }
 
 /// The detached stand-in's main: says "ok" (or the error) on READY_FD, then stands in.
-pub fn stand_in(root: &Path, args: &StandInArgs) -> u8 {
+pub fn stand_in(root: &Path, id: &str, process_json: &str, console_socket: Option<&Path>) -> u8 {
     // SAFETY: `exec` placed its pipe's write end at READY_FD for this process alone; main kept
     // it open and nothing else here owns it.
     let mut ready = unsafe { File::from_raw_fd(READY_FD) };
-    let started = serde_json::from_str::<Process>(&args.process_json)
+    let started = serde_json::from_str::<Process>(process_json)
         .map_err(|e| anyhow!("process: {e}"))
-        .and_then(|process| start(root, &args.id, process, args.console_socket.as_deref()));
+        .and_then(|process| start(root, id, process, console_socket));
     match started {
         Err(e) => {
-            let _ = writeln!(ready, "{}", crate::one_line(&e));
+            let _ = writeln!(ready, "{}", crate::errors::one_line(&e));
             1
         }
         Ok(running) => {
@@ -170,7 +159,7 @@ impl Running {
         match status {
             Ok(status) => status.shell_code().clamp(0, 255) as u8,
             Err(e) => {
-                eprintln!("microvm: exec: {}", crate::one_line(&e));
+                eprintln!("microvm: exec: {}", crate::errors::one_line(&e));
                 125
             }
         }

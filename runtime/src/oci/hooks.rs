@@ -71,7 +71,7 @@ pub fn run_warning(hooks: Option<&Hooks>, stage: &str, state: &serde_json::Value
     let Ok(bytes) = serde_json::to_vec(state) else { return };
     for (i, hook) in of(hooks, stage).iter().enumerate() {
         if let Err(e) = run_one(hook, &bytes, bundle_of(state)) {
-            eprintln!("microvm: warning: hook {stage}[{i}] {}: {}", hook.path().display(), crate::one_line(&e));
+            eprintln!("microvm: warning: hook {stage}[{i}] {}: {}", hook.path().display(), crate::errors::one_line(&e));
         }
     }
 }
@@ -179,17 +179,17 @@ mod tests {
             .unwrap();
         let dir = test_support::TempDir::new("hooks");
         let e = run(Some(&hooks), "prestart", &serde_json::json!({"bundle": dir.0})).unwrap_err();
-        assert_eq!(crate::one_line(&e), "hook prestart[1] /bin/sh: exit status: 3: no GPU");
+        assert_eq!(crate::errors::one_line(&e), "hook prestart[1] /bin/sh: exit status: 3: no GPU");
         let started = Instant::now();
         let e = run(Some(&hooks), "poststart", &serde_json::json!({})).unwrap_err();
-        assert_eq!(crate::one_line(&e), "hook poststart[0] /bin/sh: timed out after 1 s");
+        assert_eq!(crate::errors::one_line(&e), "hook poststart[0] /bin/sh: timed out after 1 s");
         assert!(started.elapsed() < Duration::from_secs(5));
         let missing = HooksBuilder::default()
             .prestart(vec![HookBuilder::default().path("/nonexistent/hook").build().unwrap()])
             .build()
             .unwrap();
         let e = run(Some(&missing), "prestart", &serde_json::json!({})).unwrap_err();
-        assert!(crate::one_line(&e).starts_with("hook prestart[0] /nonexistent/hook: spawn: "), "{e:#}");
+        assert!(crate::errors::one_line(&e).starts_with("hook prestart[0] /nonexistent/hook: spawn: "), "{e:#}");
     }
 
     #[test]

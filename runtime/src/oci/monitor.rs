@@ -31,7 +31,7 @@ use protocol::{Request, Response, StartProcess, TerminalSize};
 
 use super::control::{self, ControlAnswer, ControlRequest, Status};
 use super::state::ContainerDir;
-use crate::cli::ConfinementArgs;
+use crate::confinement::Confinement;
 use crate::launch_checks::{self, Policy};
 use crate::session::{HostStdio, Sender, Session};
 use crate::vm::VmSpec;
@@ -54,20 +54,17 @@ pub const GO_FD: RawFd = 4;
 /// The line that tells `create` the network namespace is ready for its hooks.
 pub const NETNS_READY: &str = "netns";
 
-/// The hidden `microvm monitor` subcommand that `create` starts.
-#[derive(Debug, clap::Args)]
-pub struct MonitorArgs {
+/// What `create` asks of the VMM process it starts (the hidden `microvm monitor`).
+#[derive(Debug)]
+pub struct Monitor {
     pub id: String,
-    #[arg(long)]
     pub bundle: PathBuf,
-    #[arg(long)]
     pub console_socket: Option<PathBuf>,
-    #[command(flatten)]
-    pub confinement: ConfinementArgs,
+    pub confinement: Confinement,
 }
 
 /// Runs the container's VMM process to its end; returns the exit code.
-pub fn run(root: &Path, args: MonitorArgs, start: Instant) -> u8 {
+pub fn run(root: &Path, args: Monitor, start: Instant) -> u8 {
     // SAFETY: `create` placed its pipe's write end at READY_FD for this process alone ("ok" or
     // the error, one line); main kept it open and nothing else here owns it.
     let mut ready = unsafe { File::from_raw_fd(READY_FD) };
@@ -76,7 +73,7 @@ pub fn run(root: &Path, args: MonitorArgs, start: Instant) -> u8 {
         .and_then(|dir| prepare(&dir, &args, start, &mut ready));
     match prepared {
         Err(e) => {
-            let _ = writeln!(ready, "{}", crate::one_line(&e));
+            let _ = writeln!(ready, "{}", crate::errors::one_line(&e));
             125
         }
         Ok(container) => {
@@ -96,7 +93,7 @@ struct Created {
     vm_done: crate::session::VmDone,
 }
 
-fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant, ready: &mut File) -> anyhow::Result<Created> {
+fn prepare(dir: &ContainerDir, args: &Monitor, start: Instant, ready: &mut File) -> anyhow::Result<Created> {
     let policy = Policy { require_nonroot: false, root_inside_bundle: false };
     let mut spec = launch_checks::check_bundle(&args.bundle, &policy)?;
     let binds = crate::binds::from_host(&mut spec)?;
@@ -138,7 +135,7 @@ fn prepare(dir: &ContainerDir, args: &MonitorArgs, start: Instant, ready: &mut F
             vcpus: VCPUS,
             console: None,
             dir: &vm_dir,
-            confinement: &args.confinement,
+            confinement: args.confinement,
             network,
             shares: &binds.shares,
         },
@@ -226,7 +223,7 @@ impl Created {
         match status {
             Ok(status) => status.shell_code().clamp(0, 255) as u8,
             Err(e) => {
-                eprintln!("microvm: {}", crate::one_line(&e));
+                eprintln!("microvm: {}", crate::errors::one_line(&e));
                 125
             }
         }
