@@ -125,28 +125,57 @@ impl Agent {
             },
             &self.version,
         )?;
+        // The processes this connection exec'd. Its host end stands in for them (their pid
+        // to the caller, their exit status, their signals), so when it goes they go: a
+        // stand-in killed by SIGKILL, which it cannot forward, must not leave its process
+        // running where no one can reach it.
+        let mut execs = Vec::new();
+        let ended = self.serve_requests(&mut reader, &writer, &mut execs);
+        for pid in execs {
+            let _ = self.signal(pid, libc::SIGKILL);
+        }
+        ended
+    }
+
+    fn serve_requests<R, W>(
+        &self,
+        reader: &mut R,
+        writer: &Arc<Mutex<W>>,
+        execs: &mut Vec<u32>,
+    ) -> Result<SessionEnd, ServerError>
+    where
+        R: Read,
+        W: Write + Send + 'static,
+    {
         loop {
-            let request = match read_frame(&mut reader)? {
+            let request = match read_frame(reader)? {
                 Some(Message::Request(request)) => request,
                 Some(other) => {
                     let message = format!("expected a request, got {other:?}");
-                    respond(&writer, error(ErrorKind::InvalidRequest, message))?;
+                    respond(writer, error(ErrorKind::InvalidRequest, message))?;
                     continue;
                 }
                 None => {
                     // A waiter may be between sending the exit event and recording that it
                     // did; its writer lock covers both.
-                    drop(lock(&writer));
+                    drop(lock(writer));
                     return Ok(SessionEnd::Closed);
                 }
             };
             match request {
                 Request::Shutdown => {
-                    respond(&writer, Response::Ok)?;
+                    respond(writer, Response::Ok)?;
                     return Ok(SessionEnd::Shutdown);
                 }
-                Request::WaitProcess { pid } => self.wait_process(pid, &writer)?,
-                other => respond(&writer, self.handle(other))?,
+                Request::WaitProcess { pid } => self.wait_process(pid, writer)?,
+                exec @ Request::ExecProcess(_) => {
+                    let response = self.handle(exec);
+                    if let Response::ProcessStarted { pid, .. } = &response {
+                        execs.push(*pid);
+                    }
+                    respond(writer, response)?;
+                }
+                other => respond(writer, self.handle(other))?,
             }
         }
     }
@@ -667,6 +696,36 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        assert_eq!(first.close(), SessionEnd::Closed);
+    }
+
+    #[test]
+    fn an_exec_whose_connection_goes_is_killed() {
+        let mut first = Host::connect();
+        let main = first.start(process(&["sleep", "30"])).unwrap();
+        let _main_out = first.stream(Stream::Stdout, main).0;
+        let _main_err = first.stream(Stream::Stderr, main).0;
+        let mut second = Host::attach(Arc::clone(&first.agent));
+        let exec = ExecProcess {
+            process: Box::new(process(&["sleep", "30"]).process().into_owned()),
+            terminal: None,
+            stdin: false,
+        };
+        let pid = match second.request(Request::ExecProcess(exec)) {
+            Response::ProcessStarted { pid, .. } => pid,
+            other => panic!("unexpected {other:?}"),
+        };
+        let (out, _) = second.stream(Stream::Stdout, pid);
+        let (err, _) = second.stream(Stream::Stderr, pid);
+        // The stand-in dies without a word (SIGKILL): its connection just closes.
+        assert_eq!(second.close(), SessionEnd::Closed);
+        assert_eq!(first.request(Request::WaitProcess { pid }), Response::Ok);
+        assert_eq!(first.exited(pid), ExitStatusWire::Signaled(libc::SIGKILL));
+        assert_eq!((read_all(out), read_all(err)), (Vec::new(), Vec::new()));
+        assert!(!first.agent.finished(), "the container's own process is not the exec's");
+        assert_eq!(first.request(Request::Signal { pid: main, signal: libc::SIGKILL }), Response::Ok);
+        assert_eq!(first.request(Request::WaitProcess { pid: main }), Response::Ok);
+        assert_eq!(first.exited(main), ExitStatusWire::Signaled(libc::SIGKILL));
         assert_eq!(first.close(), SessionEnd::Closed);
     }
 

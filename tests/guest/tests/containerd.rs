@@ -257,6 +257,15 @@ fn ctr_runs_tasks_in_microvms_through_the_shim() {
     let out = containerd.ctr(&["task", "ps", "detached"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.lines().count() >= 2, "no process listed: {out:?}");
+    // SIGKILL to an exec'd process: its stand-in cannot forward it, and the guest process
+    // goes with the stand-in's connection.
+    let out = containerd.ctr(&["task", "exec", "--detach", "--exec-id", "e2", "detached", "sleep", "777"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = containerd.ctr(&["task", "kill", "--exec-id", "e2", "--signal", "SIGKILL", "detached"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let check = "for i in 1 2 3 4 5; do ps | grep -q '[s]leep 777' || { echo gone; exit 0; }; sleep 1; done; echo alive";
+    let out = containerd.ctr(&["task", "exec", "--exec-id", "e3", "detached", "sh", "-c", check]);
+    assert_eq!(out.stdout, "gone\n", "{out:?}");
     let out = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", "detached"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     containerd.wait_for_status("detached", Some("STOPPED"));
