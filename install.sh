@@ -25,7 +25,8 @@ while (($#)); do
 	esac
 done
 
-cargo build --release -p runtime --bin microvm -p containerd-shim-microvm >&2
+cargo build --release -p runtime --bin microvm >&2
+cargo build --release -p containerd-shim-microvm >&2
 kernel_dir=$(kernel-config/build.sh | tail -n 1)
 agent=$(images/build-agent.sh | tail -n 1)
 virtiofsd=$(images/build-virtiofsd.sh | tail -n 1)

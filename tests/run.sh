@@ -27,7 +27,8 @@ step "setup"
 tests/bed/setup.sh
 
 step "build"
-cargo build --release -p runtime --bin microvm -p containerd-shim-microvm
+cargo build --release -p runtime --bin microvm
+cargo build --release -p containerd-shim-microvm
 KERNEL_DIR=$(kernel-config/build.sh | tail -n 1)
 INITRAMFS=$(images/build-smoke-initramfs.sh | tail -n 1)
 AGENT=$(images/build-agent.sh | tail -n 1)
