@@ -16,7 +16,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{Capability, Spec};
+use oci_spec::runtime::{Capability, LinuxNamespaceType, Spec};
 
 /// Largest uid/gid accepted; `u32::MAX` is the invalid id `(uid_t)-1` (see module docs).
 pub const MAX_ID: u32 = 0xFFFF_FFFE;
@@ -102,6 +102,27 @@ pub enum LaunchError {
     RunsAsRoot,
     #[error("seccomp profile {}: {message}", path.display())]
     SeccompProfile { path: PathBuf, message: String },
+    #[error("linux.namespaces: the {typ} namespace is listed twice")]
+    DuplicateNamespace { typ: &'static str },
+    #[error("linux.namespaces ({typ}).path {}: {reason}", path.display())]
+    BadNamespacePath {
+        typ: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "linux.namespaces ({typ}).path {}: a namespace of the host cannot be joined: the \
+         container's {typ} namespace is in its own guest kernel (only the network namespace, \
+         which the VMM joins, can be shared)", path.display()
+    )]
+    HostNamespace { typ: &'static str, path: PathBuf },
+    #[error(
+        "linux.maskedPaths and linux.readonlyPaths need a mount namespace of the container's \
+         own: add one to linux.namespaces or drop them"
+    )]
+    MaskedWithoutMountNamespace,
+    #[error("{field} {label:?}: SELinux labels cannot be applied: the guest kernel has no SELinux")]
+    SelinuxLabel { field: &'static str, label: String },
 }
 
 /// Load `<bundle>/config.json` and refuse it unless every launch check passes.
@@ -145,6 +166,106 @@ pub fn check_spec(spec: &Spec, policy: &Policy) -> Result<(), LaunchError> {
                 index,
                 destination: mount.destination().clone(),
             });
+        }
+    }
+    check_namespaces(spec)?;
+    check_labels(spec)
+}
+
+/// Each namespace type at most once; a `path` must name a namespace of its type (runc's
+/// check), and only the network's can be joined: the VMM process enters it and the guest's
+/// card stands for what the caller made there. Any other type's namespace lives in the host
+/// kernel, which the container's processes never reach. Without a mount namespace the
+/// container is chrooted in the guest's, and the masked and read-only paths, which would then
+/// cover the agent's own view, are refused as runc refuses them.
+fn check_namespaces(spec: &Spec) -> Result<(), LaunchError> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
+    let mut seen = Vec::new();
+    for namespace in namespaces {
+        let typ = namespace_name(namespace.typ());
+        if seen.contains(&typ) {
+            return Err(LaunchError::DuplicateNamespace { typ });
+        }
+        seen.push(typ);
+        let Some(path) = namespace.path() else {
+            continue;
+        };
+        check_namespace_file(typ, path)?;
+        if namespace.typ() != LinuxNamespaceType::Network {
+            return Err(LaunchError::HostNamespace { typ, path: path.clone() });
+        }
+    }
+    let restricted = linux.masked_paths().as_ref().is_some_and(|p| !p.is_empty())
+        || linux.readonly_paths().as_ref().is_some_and(|p| !p.is_empty());
+    if restricted && !seen.contains(&"mount") {
+        return Err(LaunchError::MaskedWithoutMountNamespace);
+    }
+    Ok(())
+}
+
+/// The namespace types as config.json spells them.
+fn namespace_name(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Mount => "mount",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "network",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// `path` opens, and the kernel says it is a namespace of type `typ` (`NS_GET_NSTYPE`).
+fn check_namespace_file(typ: &'static str, path: &Path) -> Result<(), LaunchError> {
+    let bad = |reason: String| LaunchError::BadNamespacePath { typ, path: path.to_owned(), reason };
+    let file = File::open(path).map_err(|e| bad(e.to_string()))?;
+    // NS_GET_NSTYPE is _IO(0xb7, 0x3) (linux/nsfs.h); libc does not export it.
+    const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the CLONE_NEW* flag of the
+    // namespace `file` refers to, or -1 (ENOTTY) for a file that is no namespace.
+    let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE) };
+    let expected = match typ {
+        "mount" => libc::CLONE_NEWNS,
+        "cgroup" => libc::CLONE_NEWCGROUP,
+        "uts" => libc::CLONE_NEWUTS,
+        "ipc" => libc::CLONE_NEWIPC,
+        "user" => libc::CLONE_NEWUSER,
+        "pid" => libc::CLONE_NEWPID,
+        "network" => libc::CLONE_NEWNET,
+        _ => 0x80, // CLONE_NEWTIME
+    };
+    match kind {
+        -1 => Err(bad("not a namespace".into())),
+        kind if kind != expected => Err(bad(format!("not a {typ} namespace"))),
+        _ => Ok(()),
+    }
+}
+
+/// What to say about `process.apparmorProfile`: it is not applied, and not refused either.
+/// runc applies it to the container's processes on the host kernel; here they run on the
+/// guest's, which has no AppArmor, and the VM is their boundary. docker sets `docker-default`
+/// for every container on a host with AppArmor, so a refusal would fail every docker run
+/// there: the profile is accepted with this warning (docs/DESIGN.md, differences from runc).
+pub fn apparmor_warning(spec: &Spec) -> Option<String> {
+    let profile = spec.process().as_ref()?.apparmor_profile().clone()?;
+    (!profile.is_empty() && profile != "unconfined").then(|| {
+        format!("process.apparmorProfile {profile:?} is not applied: the container runs on the guest kernel, which has no AppArmor")
+    })
+}
+
+/// SELinux labels are refused, as runc refuses them on a host without SELinux: the
+/// container's processes and mounts are the guest kernel's, which has none.
+fn check_labels(spec: &Spec) -> Result<(), LaunchError> {
+    let process = spec.process().as_ref().and_then(|p| p.selinux_label().clone());
+    let mount = spec.linux().as_ref().and_then(|l| l.mount_label().clone());
+    for (field, label) in [("process.selinuxLabel", process), ("linux.mountLabel", mount)] {
+        if let Some(label) = label.filter(|l| !l.is_empty()) {
+            return Err(LaunchError::SelinuxLabel { field, label });
         }
     }
     Ok(())
@@ -627,5 +748,86 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    fn with_namespaces(namespaces: serde_json::Value) -> serde_json::Value {
+        let mut config = minimal();
+        config["linux"] = serde_json::json!({ "namespaces": namespaces });
+        config
+    }
+
+    #[test]
+    fn namespace_paths_must_name_a_namespace_of_their_type() {
+        let net = serde_json::json!([{ "type": "network", "path": "/proc/self/ns/net" }, { "type": "mount" }]);
+        Bundle::new(&with_namespaces(net)).check().unwrap();
+        let cases = [
+            ("/proc/self/ns/ipc", "linux.namespaces (network).path /proc/self/ns/ipc: not a network namespace"),
+            ("/proc/self/cmdline", "linux.namespaces (network).path /proc/self/cmdline: not a namespace"),
+            ("/nonexistent/ns", "linux.namespaces (network).path /nonexistent/ns: No such file or directory (os error 2)"),
+        ];
+        for (path, message) in cases {
+            let config = with_namespaces(serde_json::json!([{ "type": "network", "path": path }]));
+            let err = Bundle::new(&config).check().unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn host_namespaces_other_than_the_network_are_refused() {
+        for typ in ["ipc", "uts", "pid", "mount", "cgroup"] {
+            let path = format!("/proc/self/ns/{}", if typ == "mount" { "mnt" } else { typ });
+            let config = with_namespaces(serde_json::json!([{ "type": typ, "path": path }]));
+            let err = Bundle::new(&config).check().unwrap_err();
+            assert!(matches!(err, LaunchError::HostNamespace { .. }), "{typ}: {err}");
+            assert!(err.to_string().starts_with(&format!("linux.namespaces ({typ}).path {path}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_namespace_listed_twice_is_refused() {
+        let config = with_namespaces(serde_json::json!([{ "type": "pid" }, { "type": "mount" }, { "type": "pid" }]));
+        let err = Bundle::new(&config).check().unwrap_err();
+        assert_eq!(err.to_string(), "linux.namespaces: the pid namespace is listed twice");
+    }
+
+    #[test]
+    fn masked_paths_need_a_mount_namespace() {
+        let mut config = with_namespaces(serde_json::json!([{ "type": "pid" }]));
+        config["linux"]["maskedPaths"] = serde_json::json!(["/proc/kcore"]);
+        let err = Bundle::new(&config).check().unwrap_err();
+        assert!(matches!(err, LaunchError::MaskedWithoutMountNamespace), "{err}");
+        config["linux"]["namespaces"] = serde_json::json!([{ "type": "pid" }, { "type": "mount" }]);
+        Bundle::new(&config).check().unwrap();
+        // Without restrictions a config with no mount namespace passes (the guest chroots).
+        Bundle::new(&with_namespaces(serde_json::json!([{ "type": "pid" }]))).check().unwrap();
+    }
+
+    #[test]
+    fn selinux_labels_are_refused() {
+        let mut config = minimal();
+        config["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into();
+        let err = Bundle::new(&config).check().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "process.selinuxLabel \"system_u:system_r:container_t:s0\": SELinux labels cannot be applied: the guest kernel has no SELinux"
+        );
+        let mut config = minimal();
+        config["linux"] = serde_json::json!({ "mountLabel": "system_u:object_r:container_file_t:s0" });
+        let err = Bundle::new(&config).check().unwrap_err();
+        assert!(err.to_string().starts_with("linux.mountLabel "), "{err}");
+        config["linux"]["mountLabel"] = "".into();
+        Bundle::new(&config).check().unwrap();
+    }
+
+    #[test]
+    fn an_apparmor_profile_is_named_in_a_warning() {
+        let mut config = minimal();
+        let spec = |config: &serde_json::Value| Bundle::new(config).check().unwrap();
+        assert_eq!(apparmor_warning(&spec(&config)), None);
+        config["process"]["apparmorProfile"] = "unconfined".into();
+        assert_eq!(apparmor_warning(&spec(&config)), None);
+        config["process"]["apparmorProfile"] = "docker-default".into();
+        let warning = apparmor_warning(&spec(&config)).unwrap();
+        assert!(warning.starts_with("process.apparmorProfile \"docker-default\" is not applied"), "{warning}");
     }
 }

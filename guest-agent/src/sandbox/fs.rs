@@ -12,13 +12,18 @@
 //!
 //! `pivot_root` needs the current root to be a mount with a parent; the agent moved itself off
 //! the initramfs onto a tmpfs at boot for that reason ([`crate::mounts::enter_tmpfs_root`]).
+//!
+//! A spec without a mount namespace (runc allows one) shares the agent's: step 1 is skipped
+//! (the agent's mounts keep their propagation), the mounts of step 3 are made there, and step
+//! 5 is a `chroot`, as runc does, since `pivot_root` would move the agent's own root too. The
+//! host refuses such a spec if it has masked or read-only paths (step 6).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxNamespaceType, Mount, Spec};
 
 use super::fail::{At, Failure};
 
@@ -48,14 +53,17 @@ const DEFAULT_LINKS: [(&str, &str); 6] = [
 /// Steps 1 to 5 for `spec`, with `root` as the container's root directory.
 pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
     let linux = spec.linux().clone().unwrap_or_default();
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .at(|| "make every mount private")?;
+    let own_namespace = has_mount_namespace(spec);
+    if own_namespace {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .at(|| "make every mount private")?;
+    }
     mount(
         Some(root),
         root,
@@ -84,8 +92,17 @@ pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
         }
     }
 
-    pivot_root(root)?;
-    Ok(())
+    if own_namespace {
+        pivot_root(root)
+    } else {
+        enter_by_chroot(root)
+    }
+}
+
+/// Whether the spec gives the container a mount namespace of its own.
+fn has_mount_namespace(spec: &Spec) -> bool {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    namespaces.is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::Mount))
 }
 
 /// Steps 6 and 7, after the sysctls are written (runc's order: /proc/sys is read-only after).
@@ -359,6 +376,14 @@ fn pivot_root(root: &Path) -> Result<(), Failure> {
     // pivot_root(".", "."): the old root ends up on top of the new one, then is detached.
     nix::unistd::pivot_root(".", ".").at(step)?;
     umount2(".", MntFlags::MNT_DETACH).at(step)?;
+    nix::unistd::chdir("/").at(step)
+}
+
+/// `chroot(root)`, cwd at the new `/`: for a container in the agent's mount namespace.
+pub fn enter_by_chroot(root: &Path) -> Result<(), Failure> {
+    let step = || format!("chroot into {}", root.display());
+    nix::unistd::chdir(root).at(step)?;
+    nix::unistd::chroot(".").at(step)?;
     nix::unistd::chdir("/").at(step)
 }
 

@@ -115,6 +115,14 @@ fn join(
     // Every namespace is opened before the first is joined: inside the container's mount
     // namespace /proc is the container's, where `target` has another number.
     let flags = namespace_flags(spec)?;
+    // A container without a mount namespace of its own is chrooted in the agent's: so is
+    // the process that joins it, into the container's root as its first process sees it.
+    let root = (!flags.contains(CloneFlags::CLONE_NEWNS))
+        .then(|| {
+            let path = format!("/proc/{target}/root");
+            std::fs::File::open(&path).at(|| format!("open {path}"))
+        })
+        .transpose()?;
     let mut namespaces = Vec::new();
     for (flag, name) in NAMESPACE_FILES {
         if flags.contains(flag) {
@@ -127,6 +135,10 @@ fn join(
         nix::sched::setns(file, *flag).at(|| format!("join the container's {name} namespace"))?;
     }
     drop(namespaces);
+    if let Some(root) = root {
+        nix::unistd::fchdir(&root).at(|| "enter the container's root")?;
+        fs::enter_by_chroot(Path::new("."))?;
+    }
     // Joining a PID namespace only places the children: the forked one is in it.
     fork_and_report(channel)?;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -166,11 +178,12 @@ fn fork_and_report(channel: &mut Channel) -> Result<(), Failure> {
     }
 }
 
-/// The namespaces to create. A namespace `path` names a host namespace, which means nothing
-/// in the guest: the container gets a new one (the VMM is what joins host namespaces). The
-/// network is the exception: the VM is the container's network namespace (its card, if any,
-/// stands for the interface the caller made in the namespace it named), so the container
-/// shares the guest's, which holds nothing else (the agent speaks only vsock).
+/// The namespaces to create. A namespace `path` names a host namespace: the host refuses
+/// every one but the network's, which the VMM joins. The VM is the container's network
+/// namespace (its card, if any, stands for the interface the caller made in the namespace it
+/// named), so the container shares the guest's, which holds nothing else (the agent speaks
+/// only vsock). Without a mount namespace the container shares the agent's, chrooted
+/// ([`fs::build`]).
 fn namespace_flags(spec: &Spec) -> Result<CloneFlags, Failure> {
     let mut flags = CloneFlags::empty();
     let namespaces = spec
@@ -200,9 +213,6 @@ fn namespace_flags(spec: &Spec) -> Result<CloneFlags, Failure> {
                 )
             }
         };
-    }
-    if !flags.contains(CloneFlags::CLONE_NEWNS) {
-        return Err(Failure::new("create namespaces", "the spec has no mount namespace").invalid());
     }
     Ok(flags)
 }

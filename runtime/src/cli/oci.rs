@@ -286,6 +286,9 @@ fn create(global: &GlobalArgs, args: &CreateArgs) -> anyhow::Result<u8> {
     let policy = Policy { require_nonroot: false, root_inside_bundle: false };
     let spec = launch_checks::check_bundle(&bundle, &policy)?;
     hooks::refuse_unsupported(spec.hooks().as_ref())?;
+    if let Some(warning) = launch_checks::apparmor_warning(&spec) {
+        tracing::warn!("{warning}");
+    }
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     if terminal && args.console_socket.is_none() {
         bail!("process.terminal is set but no --console-socket was given");

@@ -265,6 +265,9 @@ fn container(args: &RunArgs) -> anyhow::Result<(Spec, PathBuf)> {
     };
     if let Some(bundle) = &args.bundle {
         let spec = launch_checks::check_bundle(bundle, &policy)?;
+        if let Some(warning) = launch_checks::apparmor_warning(&spec) {
+            tracing::warn!("{warning}");
+        }
         let root = spec
             .root()
             .as_ref()

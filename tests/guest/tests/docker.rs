@@ -1,7 +1,7 @@
 //! docker (Debian 12's docker.io: dockerd 20.10, containerd 1.6 and its runc v2 shim) drives
 //! microvm as a runtime named in daemon.json (`docker run --runtime=microvm`), in the nested
 //! bed, with an image imported from a busybox rootfs tar (no registry here): `run --rm` with
-//! its output and exit code, a detached container seen by `ps`, its `logs`, `exec`, `stop`
+//! its output and exit code, `run -it` under a terminal, a detached container seen by `ps`, its `logs`, `exec`, `stop`
 //! (SIGTERM, then SIGKILL after the timeout: the container's PID 1 ignores SIGTERM) and `rm`,
 //! and nothing left behind.
 
@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_tests::{suite, Case};
-use test_support::{http_get, input, processes_matching, KillAfter, Outcome, TempDir};
+use test_support::{http_get, input, processes_matching, run_in_pty, KillAfter, Outcome, TempDir};
 
 /// The docker CLI of the docker.io package (another may come first on PATH).
 const DOCKER: &str = "/usr/bin/docker";
@@ -307,6 +307,18 @@ fn docker_runs_containers_in_microvms() {
     let out = docker.run_container(&["--rm", "--init", "-v", &v, image, "sh", "-c", script]);
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "from the host\ndocker-init\n"), "{out:?}");
     assert_eq!(std::fs::read_to_string(data.path("out.txt")).unwrap(), "from docker\n");
+
+    // -it: the container gets a terminal of docker's size and docker exits with its status.
+    let mut command = Command::new(DOCKER);
+    command
+        .args(["--host", &docker.socket])
+        .env("DOCKER_CONFIG", docker.dir.path("cli"))
+        .args(["run", "-it", "--rm", "--runtime=microvm", "--network", "none", "--security-opt", "apparmor=unconfined", image])
+        .args(["sh", "-c", "while [ \"$(stty size)\" != '31 101' ]; do sleep 0.1; done; tty; echo size $(stty size); exit 3"])
+        .env("TERM", "xterm");
+    let (code, screen) = run_in_pty(command, 31, 101);
+    assert_eq!(code, Some(3), "{screen}");
+    assert!(screen.contains("/dev/pts/0") && screen.contains("size 31 101"), "{screen}");
 
     let out = docker.run_container(&["-d", image, "sh", "-c", "echo started; sleep 1000"]);
     assert_eq!(out.code, Some(0), "{out:?}");

@@ -246,7 +246,17 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     let (code, err) = oci.create("nons");
     assert_eq!(code, Some(1));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("network namespace /run/netns/no-such-ns"), "{err}");
+    assert!(err.contains("linux.namespaces (network).path /run/netns/no-such-ns: No such file"), "{err}");
+    // A path to a namespace of another type; and a host namespace the guest cannot join (as
+    // podman's --ipc container:X gives, pointing at the other container's VMM process).
+    std::fs::write(&path, text.replacen("\"type\": \"network\"", "\"type\": \"network\", \"path\": \"/proc/self/ns/ipc\"", 1)).unwrap();
+    let (code, err) = oci.create("wrongns");
+    assert_eq!((code, err.lines().count()), (Some(1), 1), "{err}");
+    assert!(err.ends_with("linux.namespaces (network).path /proc/self/ns/ipc: not a network namespace\n"), "{err}");
+    std::fs::write(&path, text.replacen("\"type\": \"ipc\"", "\"type\": \"ipc\", \"path\": \"/proc/1/ns/ipc\"", 1)).unwrap();
+    let (code, err) = oci.create("hostns");
+    assert_eq!((code, err.lines().count()), (Some(1), 1), "{err}");
+    assert!(err.contains("linux.namespaces (ipc).path /proc/1/ns/ipc: a namespace of the host cannot be joined"), "{err}");
     std::fs::write(oci.bundle.join("config.json"), "{ not json").unwrap();
     let (code, err) = oci.create("junk");
     assert_eq!(code, Some(1));

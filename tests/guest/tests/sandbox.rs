@@ -246,3 +246,32 @@ fn a_bundle_runs_as_its_config_says() {
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
     case.assert_nothing_left();
 }
+
+/// A config without a mount namespace (runc takes one): the container is chrooted in the
+/// guest's own mount namespace, where the agent is PID 1 (no pid namespace either), its root
+/// is still the bundle's rootfs, read-only when root.readonly says so.
+#[test]
+fn a_bundle_without_a_mount_namespace_is_chrooted_in_the_guest() {
+    let case = Case::new("no-mntns");
+    let bundle = TempDir::new("no-mntns");
+    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(bundle.path("rootfs")).status().unwrap();
+    assert!(status.success());
+    std::fs::write(bundle.path("rootfs/marker"), "from the bundle\n").unwrap();
+    let script = "cat /marker; [ $(readlink /proc/1/ns/mnt) = $(readlink /proc/self/ns/mnt) ] && echo shared; touch /x";
+    let config = format!(
+        r#"{{
+  "ociVersion": "1.0.2",
+  "root": {{ "path": "rootfs", "readonly": true }},
+  "process": {{ "args": ["sh", "-c", {script:?}], "env": ["PATH=/bin"], "cwd": "/", "user": {{ "uid": 0, "gid": 0 }},
+    "capabilities": {{ "bounding": ["CAP_SYS_PTRACE"], "effective": ["CAP_SYS_PTRACE"], "permitted": ["CAP_SYS_PTRACE"] }} }},
+  "mounts": [{{ "destination": "/proc", "type": "proc", "source": "proc" }}],
+  "linux": {{ "namespaces": [{{ "type": "uts" }}] }}
+}}"#
+    );
+    std::fs::write(bundle.path("config.json"), config).unwrap();
+    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    assert_eq!(out.stdout, "from the bundle\nshared\n", "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    case.assert_nothing_left();
+}
