@@ -191,6 +191,7 @@ impl Agent {
             Request::CreateProcess(start) => self.start_process(&start, Mode::Create),
             Request::ExecProcess(exec) => self.exec_process(exec),
             Request::UpdateResources { resources } => self.update(&resources),
+            Request::Stats => self.stats(),
             Request::StartCreated { pid } => self.start_created(pid),
             Request::Signal { pid, signal } => self.signal(pid, signal),
             Request::ResizeTerminal { pid, size } => self.resize(pid, size),
@@ -294,6 +295,20 @@ impl Agent {
         cgroup::apply(&cgroup::path_of(&spec), resources)
             .map(|()| Response::Ok)
             .map_err(|f| error(ErrorKind::Other, format!("update: {}: {}", f.step, f.message)))
+    }
+
+    /// Stats: the container cgroup's counters.
+    fn stats(&self) -> Result<Response, Response> {
+        let Some(spec) = lock(&self.spec).clone() else {
+            return Err(error(ErrorKind::InvalidRequest, "stats: no container".to_owned()));
+        };
+        if !self.config.sandbox {
+            let message = "stats: no cgroup without a sandbox".to_owned();
+            return Err(error(ErrorKind::InvalidRequest, message));
+        }
+        cgroup::stats(&cgroup::path_of(&spec))
+            .map(Response::Stats)
+            .map_err(|f| error(ErrorKind::Other, format!("stats: {}: {}", f.step, f.message)))
     }
 
     fn start_created(&self, pid: u32) -> Result<Response, Response> {

@@ -70,12 +70,12 @@ pub use frame::{
 pub use handshake::{agent_handshake, host_handshake, AgentInfo, HandshakeError};
 pub use io::{read_frame, write_frame, TransportError};
 pub use messages::{
-    ErrorKind, Event, ExecProcess, ExitStatusWire, GuestFile, Message, Request, Response, StartProcess,
+    CgroupStats, ErrorKind, Event, ExecProcess, ExitStatusWire, GuestFile, Message, Request, Response, StartProcess,
     Stream, StreamHello, TerminalSize, GUEST_FILES_DIR, GUEST_SHARED_DIR, ROOTFS_PARAM, SHARED_PARAM, SHARED_TAG,
 };
 
 /// The version both sides must speak; bump it on any change to frames or messages.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Vsock port of the control connection.
 pub const AGENT_CONTROL_PORT: u32 = 1024;

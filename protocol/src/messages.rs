@@ -88,6 +88,27 @@ pub enum Request {
     WaitProcess { pid: u32 },
     /// Power the VM off. Answered by [`Response::Ok`] just before the agent does so.
     Shutdown,
+    /// The container's cgroup counters (OCI `events --stats`, containerd's Stats). Answered by
+    /// [`Response::Stats`].
+    Stats,
+}
+
+/// The container's cgroup v2 counters, as the guest kernel keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupStats {
+    /// `cpu.stat`, key by key (usage_usec, user_usec, system_usec, nr_periods, ...).
+    pub cpu: std::collections::BTreeMap<String, u64>,
+    /// `memory.current`, in bytes.
+    pub memory_current: u64,
+    /// `memory.max`; `None` for "max".
+    pub memory_max: Option<u64>,
+    /// `memory.stat`, key by key (anon, file, ...).
+    pub memory: std::collections::BTreeMap<String, u64>,
+    /// `pids.current`.
+    pub pids_current: u64,
+    /// `pids.max`; `None` for "max".
+    pub pids_max: Option<u64>,
 }
 
 /// The container to build and the process to run in it.
@@ -200,6 +221,8 @@ pub enum Response {
     },
     /// The request was carried out.
     Ok,
+    /// The answer to [`Request::Stats`].
+    Stats(CgroupStats),
     Error {
         kind: ErrorKind,
         message: String,

@@ -5,6 +5,7 @@
 
 mod exits;
 mod io;
+mod metrics;
 mod rootfs;
 mod runtime;
 mod service;

@@ -97,6 +97,19 @@ impl Runtime {
         self.call(&["update".as_ref(), "--resources".as_ref(), resources.as_os_str(), id.as_ref()], ProcessStdio::default())
     }
 
+    /// `microvm events --stats`: the container cgroup's counters, as runc's stats event.
+    pub fn stats(&self, id: &str) -> Result<serde_json::Value, String> {
+        let path = self.root.join(format!(".stats-{}-{}.json", std::process::id(), next()));
+        let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let stdio = ProcessStdio { stdout: Some(file.into()), ..Default::default() };
+        let called = self.call(&["events".as_ref(), "--stats".as_ref(), id.as_ref()], stdio);
+        let text = std::fs::read_to_string(&path);
+        let _ = std::fs::remove_file(&path);
+        called?;
+        let text = text.map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("microvm events --stats: {e}: {text:?}"))
+    }
+
     /// Runs one verb to its end; its error is the last line it logged.
     fn call(&self, args: &[&OsStr], stdio: ProcessStdio) -> Result<(), String> {
         let verb = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();

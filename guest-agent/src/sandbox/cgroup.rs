@@ -44,6 +44,39 @@ pub fn path_of(spec: &Spec) -> PathBuf {
     Path::new(CGROUP_ROOT).join(relative_path(linux.cgroups_path().as_deref()))
 }
 
+/// The counters of the container's cgroup: `cpu.stat`, `memory.current`, `memory.max`,
+/// `memory.stat`, `pids.current`, `pids.max`. A file the kernel does not offer (a controller
+/// not enabled) reads as zero or no limit.
+pub fn stats(cgroup: &Path) -> Result<protocol::CgroupStats, Failure> {
+    if !cgroup.is_dir() {
+        return Err(Failure::new("read the cgroup's counters", format!("{} does not exist", cgroup.display())));
+    }
+    let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap_or_default();
+    Ok(protocol::CgroupStats {
+        cpu: flat_keyed(&read("cpu.stat")),
+        memory_current: read("memory.current").trim().parse().unwrap_or(0),
+        memory_max: limit(&read("memory.max")),
+        memory: flat_keyed(&read("memory.stat")),
+        pids_current: read("pids.current").trim().parse().unwrap_or(0),
+        pids_max: limit(&read("pids.max")),
+    })
+}
+
+/// A cgroup v2 flat-keyed file ("key value" per line); lines that do not parse are skipped.
+fn flat_keyed(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            Some((key.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A limit file: a number, or "max" (or nothing readable) for no limit.
+fn limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
 /// Moves this process into the cgroup of process `pid` (OCI `exec`: the new process is
 /// counted and limited with the container's).
 pub fn join_of(pid: u32) -> Result<(), Failure> {
@@ -143,6 +176,26 @@ fn write(cgroup: &Path, file: &str, value: &str) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_read_as_the_kernel_writes_them() {
+        let dir = std::env::temp_dir().join(format!("microvm-cgroup-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nbogus\n").unwrap();
+        std::fs::write(dir.join("memory.current"), "8192\n").unwrap();
+        std::fs::write(dir.join("memory.max"), "max\n").unwrap();
+        std::fs::write(dir.join("memory.stat"), "anon 4096\nfile 4096\n").unwrap();
+        std::fs::write(dir.join("pids.current"), "3\n").unwrap();
+        std::fs::write(dir.join("pids.max"), "50\n").unwrap();
+        let stats = stats(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(stats.cpu.get("usage_usec"), Some(&1500));
+        assert_eq!(stats.cpu.len(), 3);
+        assert_eq!((stats.memory_current, stats.memory_max), (8192, None));
+        assert_eq!(stats.memory.get("anon"), Some(&4096));
+        assert_eq!((stats.pids_current, stats.pids_max), (3, Some(50)));
+        assert!(super::stats(Path::new("/nonexistent/cgroup")).is_err());
+    }
 
     #[test]
     fn cgroup_paths_stay_under_the_root() {

@@ -78,6 +78,8 @@ pub enum OciCommand {
     Exec(ExecArgs),
     /// Change the container's pids and memory limits (in the guest's cgroup)
     Update(UpdateArgs),
+    /// Print the container's cgroup counters as runc's stats event (JSON); only --stats
+    Events(EventsArgs),
     #[command(hide = true)]
     Monitor(MonitorArgs),
     #[command(hide = true)]
@@ -213,6 +215,17 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Print the counters once (the only form served: the guest's events are not streamed)
+    #[arg(long)]
+    stats: bool,
+    /// Accepted for runc's command line; meaningless with --stats
+    #[arg(long, default_value = "5s")]
+    interval: String,
+    id: String,
+}
+
+#[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// The new limits, as config.json's `linux.resources` (`-`: from stdin)
     #[arg(short, long, value_name = "FILE")]
@@ -242,6 +255,7 @@ pub fn run(global: &GlobalArgs, command: OciCommand, start: Instant) -> anyhow::
         OciCommand::Resume(IdArg { id }) => ask(global, &id, &ControlRequest::Resume),
         OciCommand::Exec(args) => exec(global, &args),
         OciCommand::Update(args) => update(global, &args),
+        OciCommand::Events(args) => events(global, &args),
         OciCommand::Monitor(args) => {
             let monitor = crate::oci::monitor::Monitor {
                 id: args.id,
@@ -570,6 +584,26 @@ fn update(global: &GlobalArgs, args: &UpdateArgs) -> anyhow::Result<u8> {
         resources.set_memory(Some(memory));
     }
     ask(global, &args.id, &ControlRequest::Update { resources: Box::new(resources) })
+}
+
+/// `events --stats`: one stats event, as runc prints it.
+fn events(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<u8> {
+    if !args.stats {
+        bail!("events: only --stats is served (the guest's events are not streamed)");
+    }
+    let dir = ContainerDir::open(&global.root, &args.id)?;
+    if !state::alive(&dir.read()?) {
+        bail!("container not running");
+    }
+    match control::call(&dir.control_socket(), &ControlRequest::Stats) {
+        Ok(ControlAnswer::Stats(stats)) => {
+            println!("{}", crate::oci::stats::event(&args.id, &stats));
+            Ok(0)
+        }
+        Ok(other) => bail!("events: the VMM process answered {other:?}"),
+        Err(ControlError::Refused(message)) => bail!("{message}"),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `delete`: a stopped or created container goes at once, a running one only with --force

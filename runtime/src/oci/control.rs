@@ -51,6 +51,8 @@ pub enum ControlRequest {
     /// The guest-state report (vCPU registers, the console's end), for a silent guest:
     /// `echo '"debug"' | socat - UNIX-CONNECT:<root>/<id>/monitor.sock`.
     Debug,
+    /// The container cgroup's counters, from the agent.
+    Stats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +63,8 @@ pub enum ControlAnswer {
     Error(String),
     /// The answer to [`ControlRequest::Debug`].
     Report(String),
+    /// The answer to [`ControlRequest::Stats`].
+    Stats(protocol::CgroupStats),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -8,3 +8,4 @@ pub mod exec;
 pub mod hooks;
 pub mod monitor;
 pub mod state;
+pub mod stats;

@@ -347,6 +347,16 @@ fn answer(
         }
         ControlRequest::Update { .. } if now == Status::Paused => Err("container is paused".to_owned()),
         ControlRequest::Update { resources } => agent.call_ok(Request::UpdateResources { resources: resources.clone() }),
+        // With its vCPUs parked the agent cannot read the counters.
+        ControlRequest::Stats if now == Status::Paused => Err("container is paused".to_owned()),
+        ControlRequest::Stats => {
+            return match agent.call(Request::Stats) {
+                Ok(Response::Stats(stats)) => ControlAnswer::Stats(stats),
+                Ok(Response::Error { message, .. }) => ControlAnswer::Error(message),
+                Ok(other) => ControlAnswer::Error(format!("agent answered {other:?}")),
+                Err(e) => ControlAnswer::Error(e.to_string()),
+            }
+        }
     };
     match result {
         Ok(()) => ControlAnswer::Ok,

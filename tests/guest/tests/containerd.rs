@@ -257,6 +257,13 @@ fn ctr_runs_tasks_in_microvms_through_the_shim() {
     let out = containerd.ctr(&["task", "ps", "detached"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.lines().count() >= 2, "no process listed: {out:?}");
+    // The guest cgroup's counters, through Stats (microvm events --stats).
+    let out = containerd.ctr(&["task", "metrics", "--format", "json", "detached"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let metrics: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let counter = |pointer: &str| metrics.pointer(pointer).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    assert!(counter("/pids/current") >= 1, "{metrics}");
+    assert!(counter("/memory/usage") > 0 && counter("/cpu/usage_usec") > 0, "{metrics}");
     // SIGKILL to an exec'd process: its stand-in cannot forward it, and the guest process
     // goes with the stand-in's connection.
     let out = containerd.ctr(&["task", "exec", "--detach", "--exec-id", "e2", "detached", "sleep", "777"]);
