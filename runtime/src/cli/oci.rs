@@ -8,7 +8,7 @@ use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -329,6 +329,8 @@ fn start_monitor(
     if let Some(socket) = &args.console_socket {
         command.arg("--console-socket").arg(std::path::absolute(socket)?);
     }
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    leave_callers_stdio(&mut command, terminal);
     let (mut child, ready, mut go) =
         spawn_with_pipes(command, READY_FD, Some(GO_FD)).context("create: start the VMM process")?;
     let pid = child.id() as i32;
@@ -457,6 +459,7 @@ fn exec(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<u8> {
     if let Some(socket) = &console_socket {
         command.arg("--console-socket").arg(socket);
     }
+    leave_callers_stdio(&mut command, process.terminal().unwrap_or(false));
     let (mut child, ready, _) = spawn_with_pipes(command, exec::READY_FD, None).context("exec: start the process")?;
     let answer = read_answer(ready);
     if answer.trim() != "ok" {
@@ -474,6 +477,19 @@ fn exec(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<u8> {
     // The stand-in outlives us; the caller (a subreaper) adopts it.
     std::mem::forget(child);
     Ok(0)
+}
+
+/// A process that stands in for one with a terminal gets /dev/null, not our stdio: its
+/// process's stdio is the terminal, and our stdout and stderr are for this verb's own words.
+/// containerd's runc shim reads them from a pipe until every writer has closed it before it
+/// goes on (go-runc's combined output), so a stand-in that kept them would hang
+/// `docker run -t` and `docker exec -t` for as long as the container ran, as runc's own
+/// container process, which has only the terminal, never does. Without a terminal our stdio
+/// is the process's, as the caller means it to be.
+fn leave_callers_stdio(command: &mut Command, terminal: bool) {
+    if terminal {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -91,6 +91,9 @@ struct Created {
     relay: Relay,
     status: Arc<Mutex<Status>>,
     vm_done: crate::session::VmDone,
+    /// The container's terminal, if it has one: where a failure is told (this process's
+    /// stderr is /dev/null then, see `leave_callers_stdio` in cli/oci.rs).
+    terminal: Option<File>,
 }
 
 fn prepare(dir: &ContainerDir, args: &Monitor, start: Instant, ready: &mut File) -> anyhow::Result<Created> {
@@ -153,12 +156,13 @@ fn prepare(dir: &ContainerDir, args: &Monitor, start: Instant, ready: &mut File)
         other => bail!("agent answered CreateProcess with {other:?}"),
     };
     tracing::debug!("monitor: process {pid} created");
+    let terminal = pty.as_ref().map(dup).transpose()?.map(File::from);
     let relay = relay(&mut session, &vm.uds, pid, pty)?;
     tracing::debug!("monitor: stdio attached, waiting for the exit");
     let status = Arc::new(Mutex::new(Status::Created));
     let vcpus = vm.pause;
     serve_control(listener, pid, Arc::clone(&relay.agent), (vcpus, vm.dump), Arc::clone(&status));
-    Ok(Created { session, pid, relay, status, vm_done: vm.done })
+    Ok(Created { session, pid, relay, status, vm_done: vm.done, terminal })
 }
 
 /// A process of the container whose stdio, signals and window size this host process relays.
@@ -223,7 +227,13 @@ impl Created {
         match status {
             Ok(status) => status.shell_code().clamp(0, 255) as u8,
             Err(e) => {
-                eprintln!("microvm: {}", crate::errors::one_line(&e));
+                let message = format!("microvm: {}", crate::errors::one_line(&e));
+                match self.terminal {
+                    Some(mut terminal) => {
+                        let _ = write!(terminal, "{message}\r\n");
+                    }
+                    None => eprintln!("{message}"),
+                }
                 125
             }
         }
