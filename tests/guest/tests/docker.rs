@@ -331,6 +331,16 @@ fn docker_runs_containers_in_microvms() {
     // execs its last command in place: PID 1 is sleep by now).
     let exec = docker.run(&["exec", &id, "sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; exit 4"]);
     assert_eq!((exec.code, exec.stdout.as_str()), (Some(4), "sleep 1000 "), "{exec:?}");
+    // exec -it: a terminal of its own, and docker exits with the process's status.
+    let mut command = Command::new(DOCKER);
+    command
+        .args(["--host", &docker.socket])
+        .env("DOCKER_CONFIG", docker.dir.path("cli"))
+        .args(["exec", "-it", &id, "sh", "-c", "tty; exit 5"])
+        .env("TERM", "xterm");
+    let (code, screen) = run_in_pty(command, 31, 101);
+    assert_eq!(code, Some(5), "{screen}");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
     // PID 1 of the container has no SIGTERM handler: stop falls back to SIGKILL.
     let stop = docker.run(&["stop", "-t", "2", &id]);
     assert_eq!(stop.code, Some(0), "{stop:?}");
