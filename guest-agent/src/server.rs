@@ -18,7 +18,7 @@ use oci_spec::runtime::{LinuxResources, Spec};
 use protocol::{
     agent_handshake, read_frame, write_frame, ErrorKind, Event, ExecProcess, GuestFile,
     HandshakeError, Message, Request, Response, StartProcess, Stream, TerminalSize,
-    TransportError, GUEST_FILES_DIR,
+    TransportError, GUEST_FILES_DIR, MAX_FILE_BACK,
 };
 
 use crate::container::{self, Held, Mode, SpawnConfig};
@@ -87,6 +87,9 @@ pub struct Agent {
     execs: Mutex<Vec<Arc<Process>>>,
     /// The process CreateProcess built, waiting before exec for StartCreated.
     held: Mutex<Option<(u32, Held)>>,
+    /// The files the host copied in, as it sent them: the container's changes to them are
+    /// reported at its exit.
+    files: Mutex<Vec<GuestFile>>,
 }
 
 impl Agent {
@@ -98,6 +101,7 @@ impl Agent {
             process: Mutex::new(None),
             spec: Mutex::new(None),
             execs: Mutex::new(Vec::new()),
+            files: Mutex::new(Vec::new()),
             held: Mutex::new(None),
         }
     }
@@ -218,6 +222,7 @@ impl Agent {
             return Err(error(ErrorKind::InvalidRequest, message));
         }
         write_guest_files(&start.files)?;
+        *lock(&self.files) = start.files.clone();
         let (process, setup_micros) = self.launch(start, mode)?;
         let pid = process.pid;
         *slot = Some(process);
@@ -377,6 +382,10 @@ impl Agent {
             Ok(process) => process,
             Err(response) => return respond(writer, response),
         };
+        // The container's first process: its end is the container's, whose copied files
+        // may have changed.
+        let first = lock(&self.process).as_ref().is_some_and(|p| p.pid == pid);
+        let files = if first { lock(&self.files).clone() } else { Vec::new() };
         // Held until Ok is written: the waiter cannot send the event before it.
         let mut conn = lock(writer);
         let waiter_writer = Arc::clone(writer);
@@ -384,8 +393,14 @@ impl Agent {
             .name(format!("wait-{pid}"))
             .spawn(move || {
                 let status = process.exit.wait_done();
+                let changed = changed_files(&files);
                 let event = Event::ProcessExited { pid, status };
                 let mut conn = lock(&waiter_writer);
+                for change in changed {
+                    if write_frame(&mut *conn, &change.into()).is_err() {
+                        return;
+                    }
+                }
                 // A failed write means the host went away; a later connection can wait again.
                 if write_frame(&mut *conn, &event.into()).is_ok() {
                     process.exit.mark_reported();
@@ -481,6 +496,21 @@ fn write_guest_files(files: &[GuestFile]) -> Result<(), Response> {
             .map_err(|e| error(ErrorKind::Other, format!("file {}: {e}", file.path)))?;
     }
     Ok(())
+}
+
+/// A [`Event::FileChanged`] for each of `files` whose contents differ from what was sent (a
+/// file that cannot be read any more is left alone).
+fn changed_files(files: &[GuestFile]) -> Vec<Event> {
+    files
+        .iter()
+        .filter_map(|file| {
+            let now = std::fs::read(&file.path).ok()?;
+            (now != file.contents).then(|| Event::FileChanged {
+                path: file.path.clone(),
+                contents: (now.len() <= MAX_FILE_BACK).then_some(now),
+            })
+        })
+        .collect()
 }
 
 fn error(kind: ErrorKind, message: String) -> Response {
@@ -1049,5 +1079,29 @@ mod tests {
         let session = host.session.take().unwrap();
         assert_eq!(session.join().unwrap().unwrap(), SessionEnd::Shutdown);
         assert!(!host.agent.finished());
+    }
+
+    #[test]
+    fn changed_copies_are_reported_unchanged_ones_not() {
+        let dir = std::env::temp_dir().join(format!("microvm-agent-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, contents: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            GuestFile { path: path.to_string_lossy().into_owned(), contents: b"sent".to_vec() }
+        };
+        let same = file("same", b"sent");
+        let changed = file("changed", b"changed");
+        let huge = file("huge", &vec![b'x'; MAX_FILE_BACK + 1]);
+        let gone = GuestFile { path: dir.join("gone").to_string_lossy().into_owned(), contents: Vec::new() };
+        let events = changed_files(&[same, changed.clone(), huge.clone(), gone]);
+        assert_eq!(
+            events,
+            [
+                Event::FileChanged { path: changed.path, contents: Some(b"changed".to_vec()) },
+                Event::FileChanged { path: huge.path, contents: None },
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -236,7 +236,16 @@ pub enum Event {
     /// Sent once per [`Request::WaitProcess`], after the process has exited and its output has
     /// been written out.
     ProcessExited { pid: u32, status: ExitStatusWire },
+    /// A [`GuestFile`] the container changed, sent just before the container's first process's
+    /// [`Event::ProcessExited`] (never for an exec'd one), so that the host can write the
+    /// change back to the file it copied. `contents` is `None` when the file grew past
+    /// [`MAX_FILE_BACK`]. One event per file keeps each under the frame limit.
+    FileChanged { path: String, contents: Option<Vec<u8>> },
 }
+
+/// The largest changed [`GuestFile`] carried back: its JSON (up to four bytes a byte) must fit
+/// a frame.
+pub const MAX_FILE_BACK: usize = 192 * 1024;
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,10 @@
 //!   [`GUEST_SHARED_DIR`] in the guest, and its writes reach the host;
 //! - a small regular file is copied into the guest (podman and docker bind /etc/hosts,
 //!   /etc/hostname, /etc/resolv.conf and /run/.containerenv this way: copying them spares
-//!   most containers a virtiofsd). A copy is the container's own: its writes stay in the guest;
+//!   most containers a virtiofsd). A read-write copy's changes are written back to the host
+//!   file when the container's first process exits ([`write_back`]): the agent reports each
+//!   copy whose contents changed. Unlike runc's bind mount, the host sees them then, not as
+//!   they are made;
 //! - an empty tmpfs directory (podman's /dev/shm) becomes a fresh tmpfs in the guest, as Kata
 //!   does;
 //! - anything else (a socket, a device, a FIFO) is refused by name.
@@ -36,6 +39,39 @@ pub struct HostBinds {
     pub files: Vec<GuestFile>,
     /// Shared over virtio-fs, at `GUEST_SHARED_DIR/INDEX`.
     pub shares: Vec<Share>,
+    /// The read-write copies among `files`: where each is written back.
+    pub write_back: Vec<WriteBack>,
+}
+
+/// A read-write copied file: its path in the guest and its source on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteBack {
+    pub guest: String,
+    pub host: PathBuf,
+}
+
+/// Writes the container's changes to read-write copied files back to their host sources, in
+/// place (a bind-mounted file keeps its inode); `changed` is what the agent reported (path in
+/// the guest, contents or `None` when too large to carry). Returns a warning for each change
+/// that could not be written back. A copy that was read-only is never written.
+pub fn write_back(targets: &[WriteBack], changed: Vec<(String, Option<Vec<u8>>)>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (guest, contents) in changed {
+        let Some(target) = targets.iter().find(|t| t.guest == guest) else { continue };
+        let host = target.host.display();
+        match contents {
+            None => warnings.push(format!(
+                "{host}: the container's changes were not written back: the file grew past {} KiB",
+                protocol::MAX_FILE_BACK / 1024
+            )),
+            Some(contents) => {
+                if let Err(e) = std::fs::write(&target.host, contents) {
+                    warnings.push(format!("{host}: the container's changes were not written back: {e}"));
+                }
+            }
+        }
+    }
+    warnings
 }
 
 /// Replaces each bind mount's host source by its place in the guest; returns what to copy and
@@ -63,14 +99,17 @@ pub fn from_host(spec: &mut Spec) -> Result<HostBinds, BindError> {
                 rewritten.push(mount);
                 continue;
             }
+            // The last of `ro` and `rw` decides, as for mount(8).
+            let read_only = options.iter().rev().find(|o| matches!(o.as_str(), "ro" | "rw")).is_some_and(|o| o == "ro");
             if meta.is_file() && meta.len() <= MAX_COPY {
                 let contents = std::fs::read(&source).map_err(|e| refuse(e.to_string()))?;
                 let path = format!("{GUEST_FILES_DIR}/{}", binds.files.len());
                 mount.set_source(Some(PathBuf::from(&path)));
+                if !read_only {
+                    binds.write_back.push(WriteBack { guest: path.clone(), host: source.clone() });
+                }
                 binds.files.push(GuestFile { path, contents });
             } else if meta.is_dir() || meta.is_file() {
-                // The last of `ro` and `rw` decides, as for mount(8).
-                let read_only = options.iter().rev().find(|o| matches!(o.as_str(), "ro" | "rw")).is_some_and(|o| o == "ro");
                 mount.set_source(Some(PathBuf::from(format!("{GUEST_SHARED_DIR}/{}", binds.shares.len()))));
                 binds.shares.push(Share { host: source.clone(), read_only });
             } else {
@@ -134,8 +173,9 @@ mod tests {
         std::fs::write(&hosts, b"127.0.0.1 localhost\n").unwrap();
         let proc_mount = MountBuilder::default().destination("/proc").typ("proc").source("proc").build().unwrap();
         let mut spec = spec_with(vec![proc_mount.clone(), bind(&hosts, "/etc/hosts")]);
-        let files = from_host(&mut spec).unwrap().files;
-        assert_eq!(files, [GuestFile { path: format!("{GUEST_FILES_DIR}/0"), contents: b"127.0.0.1 localhost\n".to_vec() }]);
+        let binds = from_host(&mut spec).unwrap();
+        assert_eq!(binds.files, [GuestFile { path: format!("{GUEST_FILES_DIR}/0"), contents: b"127.0.0.1 localhost\n".to_vec() }]);
+        assert_eq!(binds.write_back, [WriteBack { guest: format!("{GUEST_FILES_DIR}/0"), host: hosts.clone() }]);
         let mounts = spec.mounts().clone().unwrap();
         assert_eq!(mounts[0], proc_mount);
         assert_eq!(mounts[1].source().as_deref(), Some(std::path::Path::new("/run/microvm-files/0")));
@@ -171,6 +211,34 @@ mod tests {
         assert!(err.starts_with(&format!("mount /s: bind mount of {} from the host: a socket:", sock.display())), "{err}");
         let err = from_host(&mut spec_with(vec![bind(&dir.join("gone"), "/g")])).unwrap_err().to_string();
         assert!(err.starts_with("mount /g: bind mount of ") && err.contains("No such file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_write_copies_are_written_back_and_read_only_ones_never() {
+        let dir = std::env::temp_dir().join(format!("microvm-binds-back-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rw, ro) = (dir.join("rw"), dir.join("ro"));
+        std::fs::write(&rw, "before\n").unwrap();
+        std::fs::write(&ro, "before\n").unwrap();
+        let mut ro_bind = bind(&ro, "/ro");
+        ro_bind.set_options(Some(vec!["rbind".into(), "ro".into()]));
+        let binds = from_host(&mut spec_with(vec![bind(&rw, "/rw"), ro_bind])).unwrap();
+        assert_eq!(binds.files.len(), 2);
+        assert_eq!(binds.write_back, [WriteBack { guest: format!("{GUEST_FILES_DIR}/0"), host: rw.clone() }]);
+
+        let changed = vec![
+            (format!("{GUEST_FILES_DIR}/0"), Some(b"after\n".to_vec())),
+            (format!("{GUEST_FILES_DIR}/1"), Some(b"after\n".to_vec())),
+        ];
+        assert!(write_back(&binds.write_back, changed).is_empty());
+        assert_eq!(std::fs::read_to_string(&rw).unwrap(), "after\n");
+        assert_eq!(std::fs::read_to_string(&ro).unwrap(), "before\n");
+
+        let warnings = write_back(&binds.write_back, vec![(format!("{GUEST_FILES_DIR}/0"), None)]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with(&format!("{}: the container's changes were not written back: the file grew past", rw.display())));
+        assert_eq!(std::fs::read_to_string(&rw).unwrap(), "after\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -64,6 +64,8 @@ impl Sender {
 pub struct Session {
     reader: UnixStream,
     writer: Arc<Mutex<UnixStream>>,
+    /// Copied files the container changed, as the agent reported them before its exit.
+    changed_files: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Session {
@@ -115,6 +117,7 @@ impl Session {
         Ok(Self {
             reader,
             writer: Arc::new(Mutex::new(writer)),
+            changed_files: Vec::new(),
         })
     }
 
@@ -197,6 +200,9 @@ impl Session {
                 Message::Event(Event::ProcessExited { pid: p, status }) if p == pid => {
                     return Ok(status)
                 }
+                Message::Event(Event::FileChanged { path, contents }) => {
+                    self.changed_files.push((path, contents));
+                }
                 Message::Response(r) => {
                     if let Some(tx) = responses {
                         let _ = tx.send(r);
@@ -206,6 +212,12 @@ impl Session {
                 other => bail!("agent sent {other:?} on the control connection"),
             }
         }
+    }
+
+    /// The copied files the container changed (see [`crate::binds::write_back`]), reported
+    /// before its first process's exit.
+    pub fn take_changed_files(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        std::mem::take(&mut self.changed_files)
     }
 
     /// Asks the agent to power the VM off; errors mean it is already going.

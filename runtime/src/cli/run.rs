@@ -134,7 +134,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let timings = std::env::var_os("MICROVM_TIMINGS").is_some();
     // The launch checks come first: a refused container leaves nothing behind.
     let (mut spec, rootfs) = container(&args)?;
-    let crate::binds::HostBinds { mut files, shares } = crate::binds::from_host(&mut spec)?;
+    let crate::binds::HostBinds { mut files, shares, write_back } = crate::binds::from_host(&mut spec)?;
     // Parsed here rather than by clap, whose errors take several lines and exit 2.
     let publish = args.publish.iter().map(|p| p.parse()).collect::<anyhow::Result<Vec<crate::user_net::Publish>>>()?;
     // `none` by default until bulk transfers into the guest through passt are right (see
@@ -233,6 +233,9 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let process_exit = start.elapsed();
     for out in outputs {
         let _ = out.join();
+    }
+    for warning in crate::binds::write_back(&write_back, session.take_changed_files()) {
+        eprintln!("microvm: warning: {warning}");
     }
     session.shutdown();
     // The guest powers off once it has answered Shutdown; give it a moment to do so cleanly.

@@ -94,6 +94,8 @@ struct Created {
     /// The container's terminal, if it has one: where a failure is told (this process's
     /// stderr is /dev/null then, see `leave_callers_stdio` in cli/oci.rs).
     terminal: Option<File>,
+    /// The read-write copied files, written back at the exit.
+    write_back: Vec<crate::binds::WriteBack>,
 }
 
 fn prepare(dir: &ContainerDir, args: &Monitor, start: Instant, ready: &mut File) -> anyhow::Result<Created> {
@@ -149,6 +151,7 @@ fn prepare(dir: &ContainerDir, args: &Monitor, start: Instant, ready: &mut File)
     let mut session = Session::connect(&vm.uds, &vm.done)?;
     tracing::debug!("monitor: agent answered");
     let size = terminal_size(pty.as_ref());
+    let write_back = binds.write_back;
     let request = StartProcess { spec: Box::new(spec), terminal: size, stdin: true, init: false, files: binds.files };
     let pid = match session.call(Request::CreateProcess(request))? {
         Response::ProcessStarted { pid, .. } => pid,
@@ -162,7 +165,7 @@ fn prepare(dir: &ContainerDir, args: &Monitor, start: Instant, ready: &mut File)
     let status = Arc::new(Mutex::new(Status::Created));
     let vcpus = vm.pause;
     serve_control(listener, pid, Arc::clone(&relay.agent), (vcpus, vm.dump), Arc::clone(&status));
-    Ok(Created { session, pid, relay, status, vm_done: vm.done, terminal })
+    Ok(Created { session, pid, relay, status, vm_done: vm.done, terminal, write_back })
 }
 
 /// A process of the container whose stdio, signals and window size this host process relays.
@@ -219,6 +222,9 @@ impl Created {
         drop(self.relay.responses);
         for output in self.relay.outputs {
             let _ = output.join();
+        }
+        for warning in crate::binds::write_back(&self.write_back, self.session.take_changed_files()) {
+            tracing::warn!("{warning}");
         }
         drop(self.relay.agent);
         self.session.shutdown();

@@ -178,11 +178,17 @@ fn podman_volumes_share_host_directories() {
     let data = TempDir::new("podman-vol-data");
     std::fs::write(data.path("in.txt"), "from the host\n").unwrap();
 
+    // A small file is copied in rather than shared: a read-write one gets the container's
+    // changes back at its exit.
+    let note = TempDir::new("podman-vol-note");
+    std::fs::write(note.path("note"), "from the host\n").unwrap();
     let v = format!("{}:/data", data.0.display());
-    let script = "cat /data/in.txt; echo from the container > /data/out.txt";
-    let out = podman.run(&["run", "--rm", "--network", "none", "-v", &v, image, "sh", "-c", script]);
+    let n = format!("{}:/note", note.path("note").display());
+    let script = "cat /data/in.txt; echo from the container > /data/out.txt; echo changed > /note";
+    let out = podman.run(&["run", "--rm", "--network", "none", "-v", &v, "-v", &n, image, "sh", "-c", script]);
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "from the host\n"), "{out:?}");
     assert_eq!(std::fs::read_to_string(data.path("out.txt")).unwrap(), "from the container\n");
+    assert_eq!(std::fs::read_to_string(note.path("note")).unwrap(), "changed\n");
 
     let ro = format!("{v}:ro");
     let out = podman.run(&["run", "--rm", "--network", "none", "-v", &ro, image, "sh", "-c", "echo x > /data/y"]);

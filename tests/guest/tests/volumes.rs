@@ -45,6 +45,26 @@ fn a_directory_is_shared_both_ways_and_ro_holds_on_the_host_side() {
     case.assert_nothing_left();
 }
 
+/// A small file is copied into the guest (not shared): a read-write one has the container's
+/// changes written back when it exits; a read-only one cannot be written, and stays as it was.
+#[test]
+fn a_small_file_volume_gets_the_containers_changes_back() {
+    let case = Case::new("vol-file");
+    let data = TempDir::new("vol-file-data");
+    let note = data.path("note");
+    std::fs::write(&note, "from the host\n").unwrap();
+    let v = volume(&note, "/note", "");
+    let out = case.run("rootfs-busybox", &["-v", &v], &["sh", "-c", "cat /note; echo from the guest > /note"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "from the host\n"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "from the guest\n");
+    let v = volume(&note, "/note", ":ro");
+    let out = case.run("rootfs-busybox", &["-v", &v], &["sh", "-c", "echo again > /note"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "from the guest\n");
+    case.assert_nothing_left();
+}
+
 /// 100 MiB each way; the digests are compared on the other side. The host's side uses the
 /// system's `head` and `sha256sum`: this test binary is a debug build, and hashing 100 MiB in
 /// it under the nested bed's emulation takes minutes of L1's only CPU.
