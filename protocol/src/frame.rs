@@ -181,7 +181,7 @@ mod tests {
             payload_len: 0x0102_0304,
         }
         .to_bytes();
-        assert_eq!(bytes, [b'M', b'V', b'M', b'P', 3, 0, 3, 0, 4, 3, 2, 1]);
+        assert_eq!(bytes, [b'M', b'V', b'M', b'P', 4, 0, 3, 0, 4, 3, 2, 1]);
         assert_eq!(bytes.to_vec(), header(PROTOCOL_VERSION, 3, 0x0102_0304));
         let frame = encode_frame(&Response::Ok.into()).expect("encode");
         assert_eq!(&frame[HEADER_LEN..], br#""Ok""#);

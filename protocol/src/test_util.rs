@@ -3,7 +3,7 @@
 
 use crate::frame::MAGIC;
 use crate::messages::{
-    ErrorKind, Event, ExitStatusWire, Message, Request, Response, StartProcess, Stream,
+    CgroupStats, ErrorKind, Event, ExitStatusWire, Message, Request, Response, StartProcess, Stream,
     StreamHello, TerminalSize,
 };
 
@@ -40,6 +40,18 @@ pub(crate) fn samples() -> Vec<Message> {
         Request::CloseStdin { pid: 7 }.into(),
         Request::WaitProcess { pid: 7 }.into(),
         Request::Shutdown.into(),
+        Request::Stats.into(),
+        Response::Stats(CgroupStats {
+            cpu: [("usage_usec".to_owned(), 10)].into(),
+            memory_current: 4096,
+            memory_max: Some(1 << 20),
+            memory: [("anon".to_owned(), 1024)].into(),
+            pids_current: 1,
+            pids_max: None,
+        })
+        .into(),
+        Event::FileChanged { path: "/run/microvm-files/0".into(), contents: Some(b"x\n".to_vec()) }.into(),
+        Event::FileChanged { path: "/run/microvm-files/1".into(), contents: None }.into(),
         Response::HelloAck {
             agent_version: "0.1.0".into(),
             protocol_version: 1,
