@@ -12,6 +12,7 @@
 //!   does;
 //! - anything else (a socket, a device, a FIFO) is refused by name.
 
+use std::fs::File;
 use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
@@ -43,32 +44,43 @@ pub struct HostBinds {
     pub write_back: Vec<WriteBack>,
 }
 
-/// A read-write copied file: its path in the guest and its source on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A read-write copied file: its path in the guest, its source on the host, and the source
+/// opened for writing now, while the host's files can be seen: at the container's end this
+/// process is in its jail, which holds none of them.
+#[derive(Debug)]
 pub struct WriteBack {
     pub guest: String,
     pub host: PathBuf,
+    pub file: std::io::Result<File>,
+}
+
+impl WriteBack {
+    fn open(guest: String, host: PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new().write(true).open(&host);
+        WriteBack { guest, host, file }
+    }
 }
 
 /// Writes the container's changes to read-write copied files back to their host sources, in
-/// place (a bind-mounted file keeps its inode); `changed` is what the agent reported (path in
-/// the guest, contents or `None` when too large to carry). Returns a warning for each change
-/// that could not be written back. A copy that was read-only is never written.
+/// place (a bind-mounted file keeps its inode: pwrite, then ftruncate); `changed` is what the
+/// agent reported (path in the guest, contents or `None` when too large to carry). Returns a
+/// warning for each change that could not be written back. A read-only copy is never written.
 pub fn write_back(targets: &[WriteBack], changed: Vec<(String, Option<Vec<u8>>)>) -> Vec<String> {
+    use std::os::unix::fs::FileExt;
     let mut warnings = Vec::new();
     for (guest, contents) in changed {
         let Some(target) = targets.iter().find(|t| t.guest == guest) else { continue };
-        let host = target.host.display();
-        match contents {
-            None => warnings.push(format!(
-                "{host}: the container's changes were not written back: the file grew past {} KiB",
-                protocol::MAX_FILE_BACK / 1024
-            )),
-            Some(contents) => {
-                if let Err(e) = std::fs::write(&target.host, contents) {
-                    warnings.push(format!("{host}: the container's changes were not written back: {e}"));
-                }
-            }
+        let failed = |why: String| format!("{}: the container's changes were not written back: {why}", target.host.display());
+        let written = match (contents, &target.file) {
+            (None, _) => Err(format!("the file grew past {} KiB", protocol::MAX_FILE_BACK / 1024)),
+            (Some(_), Err(e)) => Err(format!("open: {e}")),
+            (Some(contents), Ok(file)) => file
+                .write_all_at(&contents, 0)
+                .and_then(|()| file.set_len(contents.len() as u64))
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(why) = written {
+            warnings.push(failed(why));
         }
     }
     warnings
@@ -106,7 +118,7 @@ pub fn from_host(spec: &mut Spec) -> Result<HostBinds, BindError> {
                 let path = format!("{GUEST_FILES_DIR}/{}", binds.files.len());
                 mount.set_source(Some(PathBuf::from(&path)));
                 if !read_only {
-                    binds.write_back.push(WriteBack { guest: path.clone(), host: source.clone() });
+                    binds.write_back.push(WriteBack::open(path.clone(), source.clone()));
                 }
                 binds.files.push(GuestFile { path, contents });
             } else if meta.is_dir() || meta.is_file() {
@@ -175,7 +187,8 @@ mod tests {
         let mut spec = spec_with(vec![proc_mount.clone(), bind(&hosts, "/etc/hosts")]);
         let binds = from_host(&mut spec).unwrap();
         assert_eq!(binds.files, [GuestFile { path: format!("{GUEST_FILES_DIR}/0"), contents: b"127.0.0.1 localhost\n".to_vec() }]);
-        assert_eq!(binds.write_back, [WriteBack { guest: format!("{GUEST_FILES_DIR}/0"), host: hosts.clone() }]);
+        assert_eq!(binds.write_back.len(), 1);
+        assert_eq!((binds.write_back[0].guest.as_str(), &binds.write_back[0].host), ("/run/microvm-files/0", &hosts));
         let mounts = spec.mounts().clone().unwrap();
         assert_eq!(mounts[0], proc_mount);
         assert_eq!(mounts[1].source().as_deref(), Some(std::path::Path::new("/run/microvm-files/0")));
@@ -225,12 +238,16 @@ mod tests {
         ro_bind.set_options(Some(vec!["rbind".into(), "ro".into()]));
         let binds = from_host(&mut spec_with(vec![bind(&rw, "/rw"), ro_bind])).unwrap();
         assert_eq!(binds.files.len(), 2);
-        assert_eq!(binds.write_back, [WriteBack { guest: format!("{GUEST_FILES_DIR}/0"), host: rw.clone() }]);
+        assert_eq!(binds.write_back.len(), 1);
+        assert_eq!((binds.write_back[0].guest.as_str(), &binds.write_back[0].host), ("/run/microvm-files/0", &rw));
+        // Opened now, before any jail hides the host's files.
+        assert!(binds.write_back[0].file.is_ok());
 
         let changed = vec![
             (format!("{GUEST_FILES_DIR}/0"), Some(b"after\n".to_vec())),
             (format!("{GUEST_FILES_DIR}/1"), Some(b"after\n".to_vec())),
         ];
+        std::fs::write(&rw, "a longer line than the change\n").unwrap();
         assert!(write_back(&binds.write_back, changed).is_empty());
         assert_eq!(std::fs::read_to_string(&rw).unwrap(), "after\n");
         assert_eq!(std::fs::read_to_string(&ro).unwrap(), "before\n");

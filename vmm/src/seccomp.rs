@@ -207,8 +207,8 @@ const DEVICE: &[i64] = &[
 const CONTROL: &[i64] = &[libc::SYS_rt_sigaction, libc::SYS_poll, libc::SYS_ppoll];
 
 /// The runtime's main thread and what it starts: the agent session over Unix sockets, the
-/// stdio relays, signal handling (signal-hook's self-pipe), the host terminal, and removing
-/// the sandbox directory at the end.
+/// stdio relays, signal handling (signal-hook's self-pipe), the host terminal, writing back
+/// copied files and removing the sandbox directory at the end.
 const RUNTIME: &[i64] = &[
     libc::SYS_bind,
     libc::SYS_pipe2,
@@ -222,6 +222,8 @@ const RUNTIME: &[i64] = &[
     libc::SYS_splice,
     libc::SYS_sendfile,
     libc::SYS_copy_file_range,
+    // Cutting a bind-mounted file to the container's copy at its end (runtime binds.rs).
+    libc::SYS_ftruncate,
 ];
 
 fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
