@@ -3,7 +3,9 @@
 # (io.containerd.runc.v2), in the same place: `ctr run --rm IMG true`, N times each,
 # interleaved, with each time and the medians; then the host memory of one idle task of each
 # (`sleep` in the container): the PSS of its shim and of every process under it (microvm:
-# the VMM process holding the guest's memory; runc: the container's process).
+# the VMM process holding the guest's memory; runc: the container's process), and what one
+# `ctr task metrics` of it takes (the Stats call kubelet makes: runc's shim reads the host's
+# cgroup, microvm's asks the guest's agent through `microvm events --stats`), 10 times.
 #
 #   tests/bed/nested.sh -- tests/bed/l1-inputs.sh bench/containerd.sh [N]
 #
@@ -97,6 +99,13 @@ for r in microvm runc; do
 	sleep 5
 	shim=$(pgrep -f "containerd-shim-$r-v2 .*-id idle-$r( |$)" | head -n 1)
 	echo "idle task, $r: $(($(pss "$shim") / 1024)) MiB PSS (shim pid $shim and what runs under it)"
+	for _ in $(seq 10); do
+		t0=$(date +%s.%N)
+		ctr task metrics "idle-$r" >/dev/null
+		t1=$(date +%s.%N)
+		awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n", b-a}'
+	done >"$scratch/metrics-$r.times"
+	echo "ctr task metrics, $r: $(tr '\n' ' ' <"$scratch/metrics-$r.times")median $(median "$scratch/metrics-$r.times") s"
 	ctr task kill --signal SIGKILL "idle-$r" >/dev/null
 	for _ in $(seq 100); do ctr task ls | grep -q "^idle-$r .*STOPPED" && break; sleep 0.2; done
 	ctr task delete "idle-$r" >/dev/null 2>&1 || true
