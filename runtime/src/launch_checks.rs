@@ -185,7 +185,7 @@ fn check_namespaces(spec: &Spec) -> Result<(), LaunchError> {
     let namespaces = linux.namespaces().as_deref().unwrap_or_default();
     let mut seen = Vec::new();
     for namespace in namespaces {
-        let typ = namespace_name(namespace.typ());
+        let (typ, flag) = namespace_kind(namespace.typ());
         if seen.contains(&typ) {
             return Err(LaunchError::DuplicateNamespace { typ });
         }
@@ -193,7 +193,7 @@ fn check_namespaces(spec: &Spec) -> Result<(), LaunchError> {
         let Some(path) = namespace.path() else {
             continue;
         };
-        check_namespace_file(typ, path)?;
+        check_namespace_file(typ, flag, path)?;
         if namespace.typ() != LinuxNamespaceType::Network {
             return Err(LaunchError::HostNamespace { typ, path: path.clone() });
         }
@@ -206,22 +206,25 @@ fn check_namespaces(spec: &Spec) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// The namespace types as config.json spells them.
-fn namespace_name(typ: LinuxNamespaceType) -> &'static str {
+/// A namespace type as config.json spells it, and its `CLONE_NEW*` flag (what
+/// `NS_GET_NSTYPE` answers for a namespace of that type).
+fn namespace_kind(typ: LinuxNamespaceType) -> (&'static str, libc::c_int) {
     match typ {
-        LinuxNamespaceType::Mount => "mount",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Network => "network",
-        LinuxNamespaceType::Time => "time",
+        LinuxNamespaceType::Mount => ("mount", libc::CLONE_NEWNS),
+        LinuxNamespaceType::Cgroup => ("cgroup", libc::CLONE_NEWCGROUP),
+        LinuxNamespaceType::Uts => ("uts", libc::CLONE_NEWUTS),
+        LinuxNamespaceType::Ipc => ("ipc", libc::CLONE_NEWIPC),
+        LinuxNamespaceType::User => ("user", libc::CLONE_NEWUSER),
+        LinuxNamespaceType::Pid => ("pid", libc::CLONE_NEWPID),
+        LinuxNamespaceType::Network => ("network", libc::CLONE_NEWNET),
+        // CLONE_NEWTIME (linux/sched.h); libc does not export it.
+        LinuxNamespaceType::Time => ("time", 0x80),
     }
 }
 
-/// `path` opens, and the kernel says it is a namespace of type `typ` (`NS_GET_NSTYPE`).
-fn check_namespace_file(typ: &'static str, path: &Path) -> Result<(), LaunchError> {
+/// `path` opens, and the kernel says it is a namespace of type `typ`, whose flag is
+/// `expected` (`NS_GET_NSTYPE`).
+fn check_namespace_file(typ: &'static str, expected: libc::c_int, path: &Path) -> Result<(), LaunchError> {
     let bad = |reason: String| LaunchError::BadNamespacePath { typ, path: path.to_owned(), reason };
     let file = File::open(path).map_err(|e| bad(e.to_string()))?;
     // NS_GET_NSTYPE is _IO(0xb7, 0x3) (linux/nsfs.h); libc does not export it.
@@ -229,16 +232,6 @@ fn check_namespace_file(typ: &'static str, path: &Path) -> Result<(), LaunchErro
     // SAFETY: NS_GET_NSTYPE takes no argument and returns the CLONE_NEW* flag of the
     // namespace `file` refers to, or -1 (ENOTTY) for a file that is no namespace.
     let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE) };
-    let expected = match typ {
-        "mount" => libc::CLONE_NEWNS,
-        "cgroup" => libc::CLONE_NEWCGROUP,
-        "uts" => libc::CLONE_NEWUTS,
-        "ipc" => libc::CLONE_NEWIPC,
-        "user" => libc::CLONE_NEWUSER,
-        "pid" => libc::CLONE_NEWPID,
-        "network" => libc::CLONE_NEWNET,
-        _ => 0x80, // CLONE_NEWTIME
-    };
     match kind {
         -1 => Err(bad("not a namespace".into())),
         kind if kind != expected => Err(bad(format!("not a {typ} namespace"))),

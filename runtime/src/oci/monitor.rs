@@ -263,11 +263,18 @@ impl AgentClient {
     }
 
     fn call_ok(&self, request: Request) -> Result<(), String> {
-        match self.call(request) {
-            Ok(Response::Ok) => Ok(()),
-            Ok(Response::Error { message, .. }) => Err(message),
-            Ok(other) => Err(format!("agent answered {other:?}")),
-            Err(e) => Err(e.to_string()),
+        self.call_for(request, |response| match response {
+            Response::Ok => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// The answer to `request` as `wanted` takes it; an error, or an answer it gives back,
+    /// is the message.
+    fn call_for<T>(&self, request: Request, wanted: impl FnOnce(Response) -> Result<T, Response>) -> Result<T, String> {
+        match self.call(request).map_err(|e| e.to_string())? {
+            Response::Error { message, .. } => Err(message),
+            response => wanted(response).map_err(|other| format!("agent answered {other:?}")),
         }
     }
 }
@@ -366,12 +373,11 @@ fn answer(
         // With its vCPUs parked the agent cannot read the counters.
         ControlRequest::Stats if now == Status::Paused => Err("container is paused".to_owned()),
         ControlRequest::Stats => {
-            return match agent.call(Request::Stats) {
-                Ok(Response::Stats(stats)) => ControlAnswer::Stats(stats),
-                Ok(Response::Error { message, .. }) => ControlAnswer::Error(message),
-                Ok(other) => ControlAnswer::Error(format!("agent answered {other:?}")),
-                Err(e) => ControlAnswer::Error(e.to_string()),
-            }
+            let stats = agent.call_for(Request::Stats, |response| match response {
+                Response::Stats(stats) => Ok(stats),
+                other => Err(other),
+            });
+            return stats.map_or_else(ControlAnswer::Error, ControlAnswer::Stats);
         }
     };
     match result {
