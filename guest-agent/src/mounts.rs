@@ -7,7 +7,10 @@
 //!    and on top of it [`ROOTFS`]: an overlay whose upper and work dirs live on a tmpfs
 //!    (writes stay in guest memory) — [`mount_rootfs`]. Always an overlay, also for a
 //!    read-only root (`root.readonly`): the spec's mount points are made in it first, and the
-//!    container's root is remounted read-only last, as runc does ([`crate::sandbox`]);
+//!    container's root is remounted read-only last, as runc does ([`crate::sandbox`]).
+//!    Except with `microvm.rootfs.writable` (an OCI bundle's root): the root's own virtio-fs
+//!    device is [`ROOTFS`], written in place, so the container's writes reach the bundle on
+//!    the host as under runc;
 
 use std::io;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
-use protocol::{ROOTFS_PARAM, SHARED_PARAM, SHARED_TAG};
+use protocol::{GUEST_ROOTFS_SHARED_DIR, ROOTFS_PARAM, ROOTFS_TAG, ROOTFS_WRITABLE_PARAM, SHARED_PARAM, SHARED_TAG};
 
 /// The block device holding the container image (the VMM's first virtio-blk disk).
 pub const ROOTFS_DEVICE: &str = "/dev/vda";
@@ -144,7 +147,14 @@ pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
 /// disk, or, when the command line says `microvm.rootfs=N`, the shared directory's entry N
 /// (the runtime shared the rootfs directory over virtio-fs instead of packing it; it is
 /// read-only on the host side), bind-mounted read-only.
+///
+/// With `microvm.rootfs.writable` instead, [`ROOTFS`] is entry 0 of the root's own virtio-fs
+/// device, bound read-write with no overlay: the host wants the container's writes (an OCI
+/// bundle's root).
 pub fn mount_rootfs(cmdline: &str) -> Result<(), MountError> {
+    if has_param(cmdline, ROOTFS_WRITABLE_PARAM) {
+        return mount_writable_rootfs();
+    }
     match param_value(cmdline, ROOTFS_PARAM) {
         Some(entry) => mount_shared_rootfs(entry)?,
         None => mount_image()?,
@@ -177,6 +187,16 @@ pub fn mount_shared(cmdline: &str) -> Result<(), MountError> {
         return Ok(());
     }
     Mount::new(SHARED_TAG, protocol::GUEST_SHARED_DIR, "virtiofs").flags(MsFlags::empty()).mount()
+}
+
+fn mount_writable_rootfs() -> Result<(), MountError> {
+    let shared = Path::new(GUEST_ROOTFS_SHARED_DIR);
+    Mount::new(ROOTFS_TAG, shared, "virtiofs").flags(MsFlags::empty()).mount()?;
+    let source = shared.join("0");
+    let target = Path::new(ROOTFS);
+    create_dir(target)?;
+    mount(Some(&source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|source| MountError::Mount { fstype: "bind", path: target.to_owned(), source })
 }
 
 fn mount_shared_rootfs(entry: &str) -> Result<(), MountError> {

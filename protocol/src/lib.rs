@@ -71,7 +71,7 @@ pub use handshake::{agent_handshake, host_handshake, AgentInfo, HandshakeError};
 pub use io::{read_frame, write_frame, TransportError};
 pub use messages::{
     CgroupStats, ErrorKind, Event, ExecProcess, ExitStatusWire, GuestFile, Message, Request, Response, StartProcess,
-    Stream, StreamHello, TerminalSize, GUEST_FILES_DIR, MAX_FILE_BACK, GUEST_SHARED_DIR, ROOTFS_PARAM, SHARED_PARAM, SHARED_TAG,
+    Stream, StreamHello, TerminalSize, GUEST_FILES_DIR, MAX_FILE_BACK, GUEST_SHARED_DIR, ROOTFS_PARAM, ROOTFS_TAG, ROOTFS_WRITABLE_PARAM, GUEST_ROOTFS_SHARED_DIR, SHARED_PARAM, SHARED_TAG,
 };
 
 /// The version both sides must speak; bump it on any change to frames or messages.

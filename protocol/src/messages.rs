@@ -167,6 +167,14 @@ pub const SHARED_PARAM: &str = "microvm.shared";
 /// `microvm.rootfs=N` on the kernel command line: the rootfs is the shared directory's entry N
 /// (shared over virtio-fs rather than packed on a disk).
 pub const ROOTFS_PARAM: &str = "microvm.rootfs";
+/// On the kernel command line when the container's root is served read-write by a virtio-fs
+/// device of its own ([`ROOTFS_TAG`], its entry 0) and written in place, as runc writes an
+/// OCI bundle's root, rather than being the lower layer of an overlay.
+pub const ROOTFS_WRITABLE_PARAM: &str = "microvm.rootfs.writable";
+/// The virtio-fs tag of the writable root's device.
+pub const ROOTFS_TAG: &str = "microvm-rootfs";
+/// Where the agent mounts the writable root's device.
+pub const GUEST_ROOTFS_SHARED_DIR: &str = "/run/microvm-rootfs";
 
 impl StartProcess {
     /// A process with no sandbox settings beyond the spec's defaults: `args` with `env`, in

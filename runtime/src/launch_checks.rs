@@ -121,6 +121,10 @@ pub enum LaunchError {
          own: add one to linux.namespaces or drop them"
     )]
     MaskedWithoutMountNamespace,
+    #[error("linux.uidMappings and linux.gidMappings: a user namespace needs both (mapping the container's ids)")]
+    UserNamespaceUnmapped,
+    #[error("linux.uidMappings and linux.gidMappings: given without a user namespace in linux.namespaces")]
+    MappingsWithoutUserNamespace,
     #[error("{field} {label:?}: SELinux labels cannot be applied: the guest kernel has no SELinux")]
     SelinuxLabel { field: &'static str, label: String },
 }
@@ -203,7 +207,14 @@ fn check_namespaces(spec: &Spec) -> Result<(), LaunchError> {
     if restricted && !seen.contains(&"mount") {
         return Err(LaunchError::MaskedWithoutMountNamespace);
     }
-    Ok(())
+    // runc's rules for the maps, which the guest's agent writes (guest-agent's userns).
+    let mapped = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| m.as_ref().is_some_and(|m| !m.is_empty());
+    let (uids, gids) = (mapped(linux.uid_mappings()), mapped(linux.gid_mappings()));
+    match (seen.contains(&"user"), uids && gids, uids || gids) {
+        (true, false, _) => Err(LaunchError::UserNamespaceUnmapped),
+        (false, _, true) => Err(LaunchError::MappingsWithoutUserNamespace),
+        _ => Ok(()),
+    }
 }
 
 /// A namespace type as config.json spells it, and its `CLONE_NEW*` flag (what
@@ -793,6 +804,23 @@ mod tests {
         Bundle::new(&config).check().unwrap();
         // Without restrictions a config with no mount namespace passes (the guest chroots).
         Bundle::new(&with_namespaces(serde_json::json!([{ "type": "pid" }]))).check().unwrap();
+    }
+
+    #[test]
+    fn a_user_namespace_needs_both_maps_and_maps_need_one() {
+        let user = serde_json::json!([{ "type": "user" }, { "type": "mount" }]);
+        let map = serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+        let mut config = with_namespaces(user);
+        let err = Bundle::new(&config).check().unwrap_err();
+        assert!(matches!(err, LaunchError::UserNamespaceUnmapped), "{err}");
+        config["linux"]["uidMappings"] = map.clone();
+        let err = Bundle::new(&config).check().unwrap_err();
+        assert!(matches!(err, LaunchError::UserNamespaceUnmapped), "{err}");
+        config["linux"]["gidMappings"] = map;
+        Bundle::new(&config).check().unwrap();
+        config["linux"]["namespaces"] = serde_json::json!([{ "type": "mount" }]);
+        let err = Bundle::new(&config).check().unwrap_err();
+        assert!(matches!(err, LaunchError::MappingsWithoutUserNamespace), "{err}");
     }
 
     #[test]

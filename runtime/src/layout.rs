@@ -47,15 +47,15 @@ struct Config {
     rootfs: Option<RootfsTransport>,
 }
 
-/// How a container's root filesystem directory reaches the guest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// How a container's root filesystem directory reaches the guest, when the config or
+/// `MICROVM_ROOTFS` names one (what each default is: `vm::Route::of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RootfsTransport {
     /// Packed into an EROFS image (cached by the tree's metadata) on a read-only virtio-blk
-    /// disk.
-    #[default]
+    /// disk; the guest's writes stay in the guest, an OCI bundle's too.
     Erofs,
-    /// Shared read-only over virtio-fs, with the volumes: nothing packed.
+    /// Shared over virtio-fs, with the volumes: nothing packed.
     Virtiofs,
 }
 
@@ -186,11 +186,11 @@ impl Layout {
 
     /// How the rootfs reaches the guest: `$MICROVM_ROOTFS`, then the config's `rootfs`, then
     /// EROFS (see docs/DESIGN.md, "Volumes", for the measurement behind the default).
-    pub fn rootfs_transport(&self) -> anyhow::Result<RootfsTransport> {
+    pub fn rootfs_transport(&self) -> anyhow::Result<Option<RootfsTransport>> {
         match self.rootfs_variable.as_deref() {
-            None => Ok(self.config.rootfs.unwrap_or_default()),
-            Some("erofs") => Ok(RootfsTransport::Erofs),
-            Some("virtiofs") => Ok(RootfsTransport::Virtiofs),
+            None => Ok(self.config.rootfs),
+            Some("erofs") => Ok(Some(RootfsTransport::Erofs)),
+            Some("virtiofs") => Ok(Some(RootfsTransport::Virtiofs)),
             Some(other) => bail!("MICROVM_ROOTFS={other:?}: expected erofs or virtiofs"),
         }
     }

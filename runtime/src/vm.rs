@@ -14,8 +14,6 @@ use crate::confinement::Confinement;
 
 /// The VMM's vsock socket, in the VM's directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
-/// virtiofsd's socket while it starts, in the VM's directory (see volumes).
-const VIRTIOFS_SOCKET: &str = "virtiofs.sock";
 
 /// The guest's vsock context id (2 is the host; 3 is the first guest id).
 const GUEST_CID: u64 = 3;
@@ -24,6 +22,8 @@ const GUEST_CID: u64 = 3;
 pub struct VmSpec<'a> {
     /// The container's root filesystem directory.
     pub rootfs: &'a Path,
+    /// Whose root it is, which decides where the container's writes go.
+    pub root: Root,
     /// Guest kernel; `None`: found as `layout` says.
     pub kernel: Option<&'a Path>,
     /// The static agent; `None`: found as `layout` says.
@@ -40,6 +40,45 @@ pub struct VmSpec<'a> {
     pub network: Option<GuestNetwork>,
     /// Host paths shared into the guest (volumes); any starts a virtiofsd for this VM.
     pub shares: &'a [crate::volumes::Share],
+}
+
+/// Whose root filesystem a VM gets, and so where the container's writes to it go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    /// An image (`microvm run ROOTFS`): the directory is the user's image, never written;
+    /// the guest writes to a tmpfs overlay over it, packed or shared read-only as the
+    /// config's `rootfs` transport says.
+    Image,
+    /// An OCI bundle's root: under runc the container writes it in place, and callers read
+    /// those writes (`docker cp`, `podman commit`, `podman diff`). Shared read-write over
+    /// virtio-fs and written in place unless it is read-only (`root.readonly`: nothing to
+    /// write back, so it goes as an image does) or the config asks for `erofs`, which keeps
+    /// writes in the guest (docs/DESIGN.md, "The rootfs").
+    Bundle { read_only: bool },
+}
+
+/// How the rootfs directory reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Packed into a cached EROFS image on a read-only disk, under the guest's overlay.
+    Packed,
+    /// Shared read-only over virtio-fs, under the guest's overlay.
+    SharedReadOnly,
+    /// Shared read-write over virtio-fs, the container's root itself.
+    InPlace,
+}
+
+impl Route {
+    /// A writable bundle root goes in place unless the config asks for `erofs`; everything
+    /// else goes by the configured transport, EROFS by default.
+    fn of(root: Root, transport: Option<crate::layout::RootfsTransport>) -> Self {
+        use crate::layout::RootfsTransport::{Erofs, Virtiofs};
+        match (root, transport) {
+            (Root::Bundle { read_only: false }, None | Some(Virtiofs)) => Route::InPlace,
+            (_, None | Some(Erofs)) => Route::Packed,
+            (_, Some(Virtiofs)) => Route::SharedReadOnly,
+        }
+    }
 }
 
 /// The guest's network card: its MAC, its backend (passt's socket, see user_net, or a tap
@@ -81,16 +120,22 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     let kernel = layout.kernel(spec.kernel)?.path;
     let agent = layout.agent(spec.agent)?.path;
 
-    // The rootfs: packed into a cached EROFS image on a read-only disk, or shared read-only
-    // over virtio-fs beside the volumes (`MICROVM_ROOTFS=virtiofs`, or `rootfs` in the config).
+    // The rootfs: a writable bundle root shared read-write over virtio-fs beside the volumes;
+    // an image packed into a cached EROFS image on a read-only disk, or shared read-only
+    // (`MICROVM_ROOTFS=virtiofs`, or `rootfs` in the config). See [`Root`].
     let mut shares = spec.shares.to_vec();
-    let image = match layout.rootfs_transport()? {
-        crate::layout::RootfsTransport::Erofs => Some(pack(spec.rootfs, &layout)?),
-        crate::layout::RootfsTransport::Virtiofs => {
-            let rootfs = std::path::absolute(spec.rootfs).with_context(|| format!("{}", spec.rootfs.display()))?;
-            shares.push(crate::volumes::Share { host: rootfs, read_only: true });
-            None
+    let route = Route::of(spec.root, layout.rootfs_transport()?);
+    let shared_rootfs = |read_only| -> anyhow::Result<crate::volumes::Share> {
+        let rootfs = std::path::absolute(spec.rootfs).with_context(|| format!("{}", spec.rootfs.display()))?;
+        Ok(crate::volumes::Share { host: rootfs, read_only })
+    };
+    let (image, in_place) = match route {
+        Route::Packed => (Some(pack(spec.rootfs, &layout)?), None),
+        Route::SharedReadOnly => {
+            shares.push(shared_rootfs(true)?);
+            (None, None)
         }
+        Route::InPlace => (None, Some(shared_rootfs(false)?)),
     };
     let initrd = spec.dir.join("initramfs.cpio");
     let agent_bytes =
@@ -117,12 +162,10 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     config.mem_mib = spec.mem_mib;
     config.vcpus = spec.vcpus;
     config.console = Console::File(console);
-    match image {
-        Some(path) => config.disks = vec![DiskConfig { path, read_only: true }],
-        None => {
-            config.cmdline.push(' ');
-            config.cmdline.push_str(&format!("{}={}", protocol::ROOTFS_PARAM, shares.len() - 1));
-        }
+    match route {
+        Route::Packed => config.disks = image.into_iter().map(|path| DiskConfig { path, read_only: true }).collect(),
+        Route::SharedReadOnly => config.cmdline.push_str(&format!(" {}={}", protocol::ROOTFS_PARAM, shares.len() - 1)),
+        Route::InPlace => config.cmdline.push_str(&format!(" {}", protocol::ROOTFS_WRITABLE_PARAM)),
     }
     config.vsock = Some(VsockConfig {
         guest_cid: GUEST_CID,
@@ -137,31 +180,34 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
         }
     }
 
-    // virtiofsd ends when the VMM's socket closes, however the VMM ends; until the VM is
-    // built, dropping the handle kills it.
-    let mut virtiofsd = match &shares[..] {
-        [] => None,
-        shares => {
-            let binary = layout.virtiofsd()?.path;
-            Some(crate::volumes::Virtiofsd::start(&binary, &dir, Path::new(VIRTIOFS_SOCKET), shares)?)
-        }
-    };
-    if let Some(v) = &virtiofsd {
-        let tag = protocol::SHARED_TAG.to_string();
-        config.filesystems = vec![vmm::config::FsConfig { tag, socket: v.socket.clone() }];
+    // One virtiofsd for the volumes, one for a root written in place (each with its own
+    // policy, see volumes::ROOTFS). Each ends when the VMM's socket closes, however the VMM
+    // ends; until the VM is built, dropping the handle kills it.
+    let mut served = Vec::new();
+    if !shares.is_empty() {
+        served.push((&crate::volumes::VOLUMES, shares));
         config.cmdline.push(' ');
         config.cmdline.push_str(protocol::SHARED_PARAM);
     }
+    if let Some(rootfs) = in_place {
+        served.push((&crate::volumes::ROOTFS, vec![rootfs]));
+    }
+    let mut virtiofsds = Vec::with_capacity(served.len());
+    for (service, shares) in served {
+        let binary = layout.virtiofsd()?.path;
+        let socket = format!("virtiofs-{}.sock", service.dir);
+        let virtiofsd = crate::volumes::Virtiofsd::start(&binary, &dir, Path::new(&socket), service, &shares)?;
+        let tag = service.tag.to_string();
+        config.filesystems.push(vmm::config::FsConfig { tag, socket: virtiofsd.socket.clone() });
+        virtiofsds.push(virtiofsd);
+    }
 
     config.seccomp = spec.confinement.seccomp;
-    let vmm = match (Vmm::boot(&config, start), &mut virtiofsd) {
-        (Ok(vmm), _) => vmm,
-        (Err(e), Some(v)) => return Err(v.explain(e.into())),
-        (Err(e), None) => return Err(e.into()),
+    let vmm = match Vmm::boot(&config, start) {
+        Ok(vmm) => vmm,
+        Err(e) => return Err(virtiofsds.iter_mut().fold(e.into(), |e, v| v.explain(e))),
     };
-    if let Some(v) = virtiofsd {
-        v.handed_over();
-    }
+    virtiofsds.into_iter().for_each(crate::volumes::Virtiofsd::handed_over);
     // Before the guest's first instruction: the jail, then seccomp for this thread and all it
     // starts (the VMM's among them, which add their own narrower filters).
     spec.confinement.enter_jail(&dir)?;
@@ -216,3 +262,24 @@ pub fn report_guest_state(
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::RootfsTransport::{Erofs, Virtiofs};
+
+    #[test]
+    fn a_writable_bundle_root_is_written_in_place_unless_erofs_is_asked_for() {
+        let writable = Root::Bundle { read_only: false };
+        let read_only = Root::Bundle { read_only: true };
+        assert_eq!(Route::of(writable, None), Route::InPlace);
+        assert_eq!(Route::of(writable, Some(Virtiofs)), Route::InPlace);
+        assert_eq!(Route::of(writable, Some(Erofs)), Route::Packed);
+        // Nothing of a read-only root or an image is written back: as the transport says.
+        for root in [read_only, Root::Image] {
+            assert_eq!(Route::of(root, None), Route::Packed);
+            assert_eq!(Route::of(root, Some(Erofs)), Route::Packed);
+            assert_eq!(Route::of(root, Some(Virtiofs)), Route::SharedReadOnly);
+        }
+    }
+}

@@ -39,11 +39,28 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 
-use protocol::SHARED_TAG;
+use protocol::{ROOTFS_TAG, SHARED_TAG};
 /// The descriptor virtiofsd gets its listening socket on; it inherits no other beyond stdio.
 const LISTEN_FD: i32 = 3;
-/// virtiofsd's log, in the sandbox directory: the first lines of a failed start.
-const LOG: &str = "virtiofsd.log";
+
+/// What one virtiofsd serves: its virtio-fs tag, the directory under the sandbox directory
+/// it shares (each share bind-mounted in it at its index) and whether a setuid or setgid
+/// file may be made there.
+pub struct Service {
+    pub tag: &'static str,
+    pub dir: &'static str,
+    pub setid: bool,
+}
+
+/// The volumes: host directories a user names, which other host users may reach, so no
+/// setuid or setgid file is made in them (the module's comment).
+pub const VOLUMES: Service = Service { tag: SHARED_TAG, dir: "shared", setid: false };
+/// An OCI bundle's root, written in place. Its own virtiofsd, without the setid filter:
+/// under runc the container's root makes setuid files there too (a package install does:
+/// openssh-client's ssh-keysign, sudo), and the engines keep container roots in storage only
+/// root can reach (podman's and docker's 0700 and 0710 directories), where a volume is any
+/// host directory.
+pub const ROOTFS: Service = Service { tag: ROOTFS_TAG, dir: "rootfs-shared", setid: true };
 
 /// One host path shared into the guest, at `shared/INDEX`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,11 +84,11 @@ struct Bind {
 }
 
 impl Virtiofsd {
-    /// Starts virtiofsd serving `shares` from `dir/shared`, with `binary`; its socket is bound
-    /// at `socket` for the moment of the start (a name relative to the working directory
-    /// keeps long sandbox paths within a socket address's 107 bytes).
-    pub fn start(binary: &Path, dir: &Path, socket: &Path, shares: &[Share]) -> anyhow::Result<Self> {
-        let root = dir.join("shared");
+    /// Starts virtiofsd serving `shares` from `dir/SERVICE.DIR`, with `binary`; its socket is
+    /// bound at `socket` for the moment of the start (a name relative to the working
+    /// directory keeps long sandbox paths within a socket address's 107 bytes).
+    pub fn start(binary: &Path, dir: &Path, socket: &Path, service: &Service, shares: &[Share]) -> anyhow::Result<Self> {
+        let root = dir.join(service.dir);
         std::fs::create_dir(&root).with_context(|| format!("volumes: {}", root.display()))?;
         let mut binds = Vec::with_capacity(shares.len());
         for (index, share) in shares.iter().enumerate() {
@@ -87,7 +104,8 @@ impl Virtiofsd {
         // dup(2) leaves close-on-exec off, so virtiofsd inherits this copy (std's are all
         // close-on-exec).
         let inherited = nix::unistd::dup(&listener).context("volumes: dup")?;
-        let log = dir.join(LOG);
+        // Its log, in the sandbox directory: the last line of a failed start.
+        let log = dir.join(format!("virtiofsd-{}.log", service.dir));
         let log_file = File::create(&log).with_context(|| format!("volumes: {}", log.display()))?;
         let inherited_fd = inherited.as_raw_fd();
         let mut command = Command::new(binary);
@@ -96,7 +114,7 @@ impl Virtiofsd {
             .arg(LISTEN_FD.to_string())
             .arg("--shared-dir")
             .arg(&root)
-            .args(["--tag", SHARED_TAG, "--sandbox", "namespace", "--seccomp", "kill", "--log-level", "error"])
+            .args(["--tag", service.tag, "--sandbox", "namespace", "--seccomp", "kill", "--log-level", "error"])
             // Guest page cache as the host's files change underneath (`auto`: revalidated on
             // open and after a timeout), which is what a volume shared with the host wants.
             .args(["--cache", "auto"])
@@ -104,7 +122,7 @@ impl Virtiofsd {
             .stdout(Stdio::null())
             .stderr(log_file)
             .process_group(0);
-        let filters = no_setid_filters()?;
+        let filters = if service.setid { Vec::new() } else { no_setid_filters()? };
         // SAFETY: between fork and exec the closure makes only system calls (unshare, mount,
         // prctl, seccomp) on C strings and filters built before the fork; it allocates
         // nothing and takes no lock.
@@ -261,7 +279,7 @@ mod tests {
         std::fs::create_dir(&sandbox).unwrap();
         let shares = [Share { host: rw, read_only: false }, Share { host: ro, read_only: true }];
         let socket = sandbox.join("virtiofs.sock");
-        let mut virtiofsd = Virtiofsd::start(&binary, &sandbox, &socket, &shares).unwrap();
+        let mut virtiofsd = Virtiofsd::start(&binary, &sandbox, &socket, &VOLUMES, &shares).unwrap();
         assert!(!socket.exists(), "the socket file is removed once connected");
 
         let pid = virtiofsd.process.child().unwrap().id();
@@ -296,7 +314,7 @@ mod tests {
         std::fs::write(&fake, "#!/bin/sh\necho 'fake virtiofsd: bad day' >&2\nexit 3\n").unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let shares = [Share { host: dir.path("sandbox"), read_only: false }];
-        let mut v = Virtiofsd::start(&fake, &sandbox, &sandbox.join("s"), &shares).unwrap();
+        let mut v = Virtiofsd::start(&fake, &sandbox, &sandbox.join("s"), &VOLUMES, &shares).unwrap();
         // The connection was queued before it died; the handshake then fails, and explain
         // adds its last words.
         let socket = v.socket.try_clone().unwrap();

@@ -54,6 +54,8 @@ const DEFAULT_LINKS: [(&str, &str); 6] = [
 pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
     let linux = spec.linux().clone().unwrap_or_default();
     let own_namespace = has_mount_namespace(spec);
+    // In a user namespace: the container's cgroup, bound where cgroup2 cannot be mounted.
+    let userns = super::userns::wanted(spec).then(|| super::cgroup::path_of(spec));
     if own_namespace {
         mount(
             None::<&str>,
@@ -75,13 +77,14 @@ pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
 
     let mut fresh_dev = false;
     for m in spec.mounts().as_deref().unwrap_or_default() {
-        mount_one(root, m)?;
+        mount_one(root, m, userns.as_deref())?;
         fresh_dev |= m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs");
     }
     if fresh_dev {
         populate_dev(
             &root.join("dev"),
             linux.devices().as_deref().unwrap_or_default(),
+            userns.is_some(),
         )?;
     }
     if let Some(process) = spec.process() {
@@ -120,7 +123,10 @@ pub fn protect(spec: &Spec) -> Result<(), Failure> {
         .and_then(|r| r.readonly())
         .unwrap_or(false)
     {
-        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        if super::userns::wanted(spec) {
+            flags |= locked_flags(Path::new("/"));
+        }
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).at(|| "remount / read-only")?;
     }
     Ok(())
@@ -201,8 +207,32 @@ fn propagation(option: &str) -> MsFlags {
     }
 }
 
-/// One entry of `mounts`, under `root`.
-fn mount_one(root: &Path, m: &Mount) -> Result<(), Failure> {
+/// The flags of the mount at `path` that a user namespace locks (it inherited the mount from
+/// the guest's namespace): a remount there must keep them or fail with EPERM. runc reads them
+/// the same way.
+fn locked_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let Ok(stat) = statvfs(path) else { return MsFlags::empty() };
+    [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| stat.flags().contains(*st))
+    .fold(MsFlags::empty(), |all, (_, ms)| all | ms)
+}
+
+/// One entry of `mounts`, under `root`. In a user namespace (`userns`: the container's
+/// cgroup directory) what it refuses is bound instead, as runc does: sysfs can be mounted only
+/// by the owner of the network namespace, which the container shares with the guest, so the
+/// guest's /sys is bound; that brings the guest's cgroup2 mount along, and cgroup2 cannot be
+/// mounted on itself (EBUSY), so the container's own cgroup directory is bound there.
+fn mount_one(root: &Path, m: &Mount, userns: Option<&Path>) -> Result<(), Failure> {
     let destination = m.destination();
     let options = Options::parse(m.options().as_deref().unwrap_or_default());
     let bind = options.flags.contains(MsFlags::MS_BIND) || m.typ().as_deref() == Some("bind");
@@ -231,11 +261,24 @@ fn mount_one(root: &Path, m: &Mount) -> Result<(), Failure> {
     };
     let data = options.data.join(",");
     let data = (!data.is_empty()).then_some(data.as_str());
-    mount(Some(&source), &target, Some(fstype), flags, data).at(step)?;
+    use nix::errno::Errno::{EBUSY, EPERM};
+    let instead = match (mount(Some(&source), &target, Some(fstype), flags, data), userns) {
+        (Err(EPERM), Some(_)) if fstype == "sysfs" => Some(Path::new("/sys")),
+        (Err(EPERM | EBUSY), Some(cgroup)) if fstype == "cgroup2" => Some(cgroup),
+        (other, _) => other.map(|()| None).at(step)?,
+    };
+    if let Some(instead) = instead {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount(Some(instead), &target, None::<&str>, flags, None::<&str>)
+            .at(|| format!("bind the guest's {} on {} (a user namespace cannot mount {fstype})", instead.display(), destination.display()))?;
+    }
     // A bind takes its other flags (ro, nosuid, ...) only from a remount.
     let remount = options.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
-    if bind && !remount.is_empty() {
-        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | remount;
+    if (bind || instead.is_some()) && !remount.is_empty() {
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | remount;
+        if userns.is_some() {
+            flags |= locked_flags(&target);
+        }
         mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).at(step)?;
     }
     if !options.propagation.is_empty() {
@@ -312,10 +355,13 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, Failure> {
     Ok(root.join(resolved))
 }
 
-/// Device nodes and links in a fresh /dev.
-fn populate_dev(dev: &Path, devices: &[LinuxDevice]) -> Result<(), Failure> {
+/// Device nodes and links in a fresh /dev. In a user namespace, where mknod is not allowed,
+/// each node is the guest's own of that path bound in its place, as runc binds the host's.
+fn populate_dev(dev: &Path, devices: &[LinuxDevice], userns: bool) -> Result<(), Failure> {
     for (name, major, minor) in DEFAULT_DEVICES {
-        make_device(&dev.join(name), SFlag::S_IFCHR, major, minor, 0o666)?;
+        let guest = Path::new("/dev").join(name);
+        let node = Node { kind: SFlag::S_IFCHR, major, minor, mode: 0o666 };
+        make_device(&dev.join(name), &node, userns.then_some(guest.as_path()))?;
     }
     for device in devices {
         let kind = match device.typ() {
@@ -329,13 +375,10 @@ fn populate_dev(dev: &Path, devices: &[LinuxDevice]) -> Result<(), Failure> {
         )?;
         let major = u64::try_from(device.major()).unwrap_or(0);
         let minor = u64::try_from(device.minor()).unwrap_or(0);
-        make_device(
-            &path,
-            kind,
-            major,
-            minor,
-            device.file_mode().unwrap_or(0o666),
-        )?;
+        let node = Node { kind, major, minor, mode: device.file_mode().unwrap_or(0o666) };
+        if make_device(&path, &node, userns.then_some(device.path().as_path()))? == Made::Bound {
+            continue;
+        }
         if let (Some(uid), Some(gid)) = (device.uid(), device.gid()) {
             std::os::unix::fs::chown(&path, Some(uid), Some(gid))
                 .at(|| format!("chown {}", path.display()))?;
@@ -351,22 +394,42 @@ fn populate_dev(dev: &Path, devices: &[LinuxDevice]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn make_device(path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32) -> Result<(), Failure> {
+/// A device node to make.
+struct Node {
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+}
+
+/// How a device node came to be.
+#[derive(Debug, PartialEq, Eq)]
+enum Made {
+    Node,
+    /// The guest's node bound over an empty file: its mode and owner are the guest's.
+    Bound,
+}
+
+/// `node` at `path`; when mknod is not allowed (a user namespace) and `guest` names the
+/// guest's own node of that path, that node bound there instead.
+fn make_device(path: &Path, node: &Node, guest: Option<&Path>) -> Result<Made, Failure> {
     let step = || format!("create device {}", path.display());
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).at(step)?;
     }
-    match mknod(
-        path,
-        kind,
-        Mode::from_bits_truncate(mode),
-        makedev(major, minor),
-    ) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(errno) => return Err(Failure::errno(step(), errno)),
+    match (mknod(path, node.kind, Mode::from_bits_truncate(node.mode), makedev(node.major, node.minor)), guest) {
+        (Ok(()) | Err(nix::errno::Errno::EEXIST), _) => {}
+        (Err(nix::errno::Errno::EPERM), Some(guest)) => {
+            std::fs::File::create(path).at(step)?;
+            mount(Some(guest), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .at(|| format!("bind the guest's {} on {}", guest.display(), path.display()))?;
+            return Ok(Made::Bound);
+        }
+        (Err(errno), _) => return Err(Failure::errno(step(), errno)),
     }
     // mknod applies the umask; the spec's mode is exact.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777)).at(step)
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777)).at(step)?;
+    Ok(Made::Node)
 }
 
 /// `pivot_root(root)`, the old root detached, cwd at the new `/`.

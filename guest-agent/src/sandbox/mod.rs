@@ -3,10 +3,12 @@
 //! the part of the agent that runc calls `runc init`. In order:
 //!
 //! 1. receive the spec on the channel (fd 3, see [`channel`]);
-//! 2. join the container's cgroup ([`cgroup`]); unshare the spec's namespaces;
+//! 2. join the container's cgroup ([`cgroup`]); write the network's sysctls; set the
+//!    rlimits and OOM score; unshare the spec's namespaces, and with a user namespace among
+//!    them map it and become its root ([`userns`]);
 //! 3. fork: the child is PID 1 of the new PID namespace; the parent reports its pid and exits;
-//! 4. in the child: the filesystem ([`fs`]), hostname, sysctls, rlimits, OOM score, a new
-//!    session with the terminal, the working directory; then report ready and wait for go;
+//! 4. in the child: the filesystem ([`fs`]), hostname, sysctls, a new session with the
+//!    terminal, the working directory; then report ready and wait for go;
 //! 5. seccomp (first, when `noNewPrivileges` is off: installing it then needs CAP_SYS_ADMIN,
 //!    which step 6 drops), identity and capabilities ([`identity`]), `no_new_privs`, and
 //!    seccomp last when `noNewPrivileges` is on;
@@ -24,6 +26,7 @@ mod fs;
 mod identity;
 mod init;
 mod seccomp;
+mod userns;
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -96,7 +99,19 @@ fn setup(
     let command = Command::new(&process)?;
     cgroup::setup(spec)?;
     let flags = namespace_flags(spec)?;
+    // The network's sysctls now: the container shares the guest's network namespace, which
+    // its root in a user namespace would not own (see [`write_sysctls`]).
+    write_sysctls(spec, |key| key.starts_with("net."))?;
+    // Before the namespaces too: raising a hard limit or lowering the OOM score takes
+    // CAP_SYS_RESOURCE in the guest's user namespace, which a container's own would not give
+    // (runc sets them from outside for the same reason). Both are inherited from here on.
+    identity::set_rlimits(&process)?;
+    identity::set_oom_score_adj(&process)?;
+    let mapper = userns::wanted(spec).then(|| userns::Mapper::start(spec)).transpose()?;
     unshare(flags).at(|| format!("unshare {flags:?}"))?;
+    if let Some(mapper) = mapper {
+        mapper.map()?;
+    }
     fork_and_report(channel)?;
     container(spec, &process, &command, init, terminal, channel)
 }
@@ -112,6 +127,9 @@ fn join(
     let process = spec_process(spec)?;
     let command = Command::new(&process)?;
     cgroup::join_of(target)?;
+    // As for the first process, before the user namespace (see `setup`).
+    identity::set_rlimits(&process)?;
+    identity::set_oom_score_adj(&process)?;
     // Every namespace is opened before the first is joined: inside the container's mount
     // namespace /proc is the container's, where `target` has another number.
     let flags = namespace_flags(spec)?;
@@ -135,6 +153,9 @@ fn join(
         nix::sched::setns(file, *flag).at(|| format!("join the container's {name} namespace"))?;
     }
     drop(namespaces);
+    if flags.contains(CloneFlags::CLONE_NEWUSER) {
+        userns::enter_as_root()?;
+    }
     if let Some(root) = root {
         nix::unistd::fchdir(&root).at(|| "enter the container's root")?;
         fs::enter_by_chroot(Path::new("."))?;
@@ -152,9 +173,11 @@ fn spec_process(spec: &Spec) -> Result<Process, Failure> {
         .ok_or_else(|| Failure::new("read the spec", "it has no process").invalid())
 }
 
-/// The namespaces an exec joins, by their file in /proc/PID/ns; the mount namespace last.
+/// The namespaces an exec joins, by their file in /proc/PID/ns: the user namespace first
+/// (joining it gives the capabilities the others need there), the mount namespace last.
 /// Not the network: the container has none of its own (see [`namespace_flags`]).
-const NAMESPACE_FILES: [(CloneFlags, &str); 5] = [
+const NAMESPACE_FILES: [(CloneFlags, &str); 6] = [
+    (CloneFlags::CLONE_NEWUSER, "user"),
     (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
     (CloneFlags::CLONE_NEWIPC, "ipc"),
     (CloneFlags::CLONE_NEWUTS, "uts"),
@@ -199,13 +222,8 @@ fn namespace_flags(spec: &Spec) -> Result<CloneFlags, Failure> {
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
             LinuxNamespaceType::Network => CloneFlags::empty(),
             LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-            LinuxNamespaceType::User => {
-                return Err(Failure::new(
-                    "create namespaces",
-                    "user namespaces are not supported in the guest yet",
-                )
-                .invalid())
-            }
+            // Created with the others in one unshare, so that it owns them ([`userns`]).
+            LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
             LinuxNamespaceType::Time => {
                 return Err(
                     Failure::new("create namespaces", "time namespaces are not supported")
@@ -231,15 +249,25 @@ fn container(
         nix::unistd::sethostname(hostname).at(|| format!("set hostname {hostname:?}"))?;
     }
     let linux = spec.linux().clone().unwrap_or_default();
-    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, &value).at(|| format!("set sysctl {key}={value}"))?;
-    }
+    write_sysctls(spec, |key| !key.starts_with("net."))?;
     fs::protect(spec)?;
     launch(&linux, process, command, init, terminal, channel)
 }
 
-/// The end of step 4 (rlimits, OOM score, session, terminal, working directory) and steps 5
+/// `linux.sysctl` entries whose key `pick` takes, through this process's /proc/sys. Those of
+/// the network go before the namespaces are made (the guest's network namespace is the
+/// container's, and a user namespace would not own it); the rest after, in the container's
+/// own IPC and UTS namespaces.
+fn write_sysctls(spec: &Spec, pick: impl Fn(&str) -> bool) -> Result<(), Failure> {
+    let sysctls = spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default();
+    for (key, value) in sysctls.iter().filter(|(key, _)| pick(key)) {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).at(|| format!("set sysctl {key}={value}"))?;
+    }
+    Ok(())
+}
+
+/// The end of step 4 (session, terminal, working directory) and steps 5
 /// and 6, for the container's first process and for one that joined it.
 fn launch(
     linux: &oci_spec::runtime::Linux,
@@ -249,8 +277,6 @@ fn launch(
     terminal: Option<TerminalSize>,
     channel: &mut Channel,
 ) -> Result<Infallible, Failure> {
-    identity::set_rlimits(process)?;
-    identity::set_oom_score_adj(process)?;
     nix::unistd::setsid().at(|| "setsid")?;
     if let Some(size) = terminal {
         make_terminal(size)?;

@@ -712,7 +712,7 @@ fn features() -> anyhow::Result<u8> {
             "rshared", "slave", "rslave", "unbindable", "runbindable", "tmpcopyup", "defaults",
         ],
         "linux": {
-            "namespaces": ["pid", "network", "ipc", "uts", "mount", "cgroup"],
+            "namespaces": ["pid", "network", "ipc", "uts", "mount", "cgroup", "user"],
             "capabilities": crate::spec::all_capabilities()
                 .iter()
                 .filter_map(|c| serde_json::to_value(c).ok())
@@ -726,6 +726,7 @@ fn features() -> anyhow::Result<u8> {
             "io.microvm.isolation": "kvm-microvm",
             "io.microvm.network": "OCI containers: the interface the caller made in the network namespace (podman CNI, docker libnetwork) carried into the guest: a tap beside it joined by tc mirred filters, IPv4 address and default route; `microvm run`: virtio-net through passt (--network user, -p)",
             "io.microvm.mounts": "tmpfs, proc, sysfs, devpts, mqueue, cgroup2 inside the guest; bind mounts of host directories and of files over 64 KiB shared over virtio-fs (one virtiofsd per sandbox; ro read-only on the host side; no setuid or setgid bit reaches the host); smaller files copied into the guest; sockets, devices and FIFOs refused",
+            "io.microvm.rootfs": "the bundle's root shared read-write over virtio-fs (a virtiofsd of its own) and written in place, as runc writes it; a read-only root packed into an EROFS image under a tmpfs overlay in the guest",
         },
     });
     println!("{features:#}");

@@ -163,6 +163,10 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
     let vm = crate::vm::boot(
         &VmSpec {
             rootfs: &rootfs,
+            root: match &args.bundle {
+                Some(_) => crate::vm::Root::Bundle { read_only: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) },
+                None => crate::vm::Root::Image,
+            },
             kernel: args.kernel.as_deref(),
             agent: args.agent.as_deref(),
             mem_mib: args.memory,

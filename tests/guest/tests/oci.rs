@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Once;
@@ -447,6 +448,74 @@ fn twenty_containers_with_volumes_created_and_deleted_leave_nothing() {
         assert!(std::time::Instant::now() < deadline, "a virtiofsd outlived its container");
         std::thread::sleep(Duration::from_millis(50));
     }
+    oci.assert_nothing_left();
+}
+
+/// The bundle's rootfs is the container's own, as under runc: what the container writes and
+/// removes there is on the host while it runs (what `docker cp` and `podman diff` read) and
+/// stays after `delete`; what the host puts there the container sees. Unlike a volume, the
+/// root may hold a setuid file the container made (a package install makes them).
+#[test]
+fn the_containers_writes_reach_the_bundles_rootfs_as_under_runc() {
+    let oci = Oci::new("oci-rootfs-rw");
+    let rootfs = oci.bundle.join("rootfs");
+    std::fs::write(rootfs.join("old"), "from the bundle\n").unwrap();
+    oci.set_args(&["sh", "-c", "cat /old && rm /old && mkdir -p /var/made && echo new > /var/made/file && chmod 4755 /var/made/file && exec sleep 1000"]);
+    let (code, err) = oci.create("c1");
+    assert_eq!(code, Some(0), "{err}");
+    let pid = oci.pid("c1");
+    assert_eq!(oci.verb(&["start", "c1"]).code, Some(0));
+    let written = rootfs.join("var/made/file");
+    assert!(
+        eventually(Duration::from_secs(60), || std::fs::read_to_string(&written).ok().as_deref() == Some("new\n")),
+        "the container's write never reached the bundle's rootfs: {}",
+        oci.output("c1", "err")
+    );
+    assert!(!rootfs.join("old").exists(), "the container removed /old");
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::metadata(&written).unwrap().permissions().mode() & 0o7777 == 0o4755),
+        "the container's chmod 4755 did not reach the host: {}",
+        oci.output("c1", "err")
+    );
+    assert_eq!(oci.output("c1", "out"), "from the bundle\n");
+
+    std::fs::write(rootfs.join("from-host"), "put there by the host\n").unwrap();
+    let seen = oci.verb(&["exec", "c1", "cat", "/from-host"]);
+    assert_eq!(seen.stdout, "put there by the host\n", "{seen:?}");
+
+    assert_eq!(oci.verb(&["delete", "--force", "c1"]).code, Some(0));
+    assert_eq!(wait_for(pid, Duration::from_secs(10)), 128 + libc::SIGKILL);
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "new\n", "the writes outlive the container");
+    oci.assert_nothing_left();
+}
+
+/// `runc spec`'s config with a user namespace added (uids and gids 0-65535 mapped to
+/// 100000-165535, the root chowned to match, as podman and docker prepare it): the container
+/// and a process exec'd into it are root inside and mapped outside, and the default mounts
+/// (proc, sysfs, cgroup, mqueue, devpts), masked and read-only paths all hold in it.
+#[test]
+fn a_user_namespace_holds_for_the_container_and_its_execs() {
+    let oci = Oci::new("oci-userns");
+    let chowned = Command::new("chown").args(["-R", "100000:100000"]).arg(oci.bundle.join("rootfs")).status().unwrap();
+    assert!(chowned.success());
+    oci.set_args(&["sh", "-c", "id -u; awk '{print $2}' /proc/self/uid_map; touch /made; exec sleep 1000"]);
+    let path = oci.bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let map = r#"[{"containerID": 0, "hostID": 100000, "size": 65536}]"#;
+    let user = format!(r#""uidMappings": {map}, "gidMappings": {map}, "namespaces": [{{"type": "user"}}, "#);
+    std::fs::write(&path, text.replacen("\"namespaces\": [", &user, 1)).unwrap();
+    let (code, err) = oci.create("u1");
+    assert_eq!(code, Some(0), "{err}");
+    let pid = oci.pid("u1");
+    assert_eq!(oci.verb(&["start", "u1"]).code, Some(0));
+    let made = oci.bundle.join("rootfs/made");
+    assert!(eventually(Duration::from_secs(60), || made.exists()), "{}", oci.output("u1", "err"));
+    assert_eq!(oci.output("u1", "out"), "0\n100000\n");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap()), 100000);
+    let exec = oci.verb(&["exec", "u1", "sh", "-c", "id -u; awk '{print $2}' /proc/self/uid_map; cat /proc/1/cmdline | tr '\\0' ' '"]);
+    assert_eq!(exec.stdout, "0\n100000\nsleep 1000 ", "{exec:?}");
+    assert_eq!(oci.verb(&["delete", "--force", "u1"]).code, Some(0));
+    assert_eq!(wait_for(pid, Duration::from_secs(10)), 128 + libc::SIGKILL);
     oci.assert_nothing_left();
 }
 

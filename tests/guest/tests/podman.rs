@@ -168,6 +168,51 @@ fn podman_runs_containers_in_microvms() {
     podman.assert_nothing_left();
 }
 
+/// What the container writes in its root is in podman's copy of it, as under runc: `podman
+/// diff` lists it, `podman cp` copies it out, and `podman commit` keeps it in a new image.
+#[test]
+fn podman_sees_what_the_container_wrote_in_its_root() {
+    let case = Case::new("podman-rootfs");
+    let podman = Podman::new(&case);
+    let script = "mkdir /made && echo from the container > /made/file";
+    let out = podman.run(&["run", "--name", "writer", "--network", "none", "localhost/busybox", "sh", "-c", script]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let diff = podman.run(&["diff", "writer"]);
+    assert!(diff.stdout.lines().any(|l| l == "A /made/file"), "{diff:?}");
+    let copy = TempDir::new("podman-rootfs-cp");
+    let out = podman.run(&["cp", "writer:/made/file", copy.path("file").to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read_to_string(copy.path("file")).unwrap(), "from the container\n");
+    let out = podman.run(&["commit", "--quiet", "writer", "localhost/written"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = podman.run(&["run", "--rm", "--network", "none", "localhost/written", "cat", "/made/file"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "from the container\n"), "{out:?}");
+    for args in [&["rm", "writer"][..], &["rmi", "localhost/written"]] {
+        let out = podman.run(args);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+    podman.assert_nothing_left();
+    case.assert_nothing_left();
+}
+
+/// `podman run --uidmap/--gidmap`: podman chowns its copy of the image and asks for a user
+/// namespace; the container's root is 0 inside and 100000 outside, and what it writes in its
+/// root is owned by 100000 in podman's copy, as under runc.
+#[test]
+fn podman_uidmap_runs_the_container_in_a_user_namespace() {
+    let case = Case::new("podman-userns");
+    let podman = Podman::new(&case);
+    let map = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    let script = "id -u; awk '{print $2}' /proc/self/uid_map; touch /made; stat -c %u /made";
+    let mut args = vec!["run", "--rm", "--network", "none"];
+    args.extend(map);
+    args.extend(["localhost/busybox", "sh", "-c", script]);
+    let out = podman.run(&args);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "0\n100000\n0\n"), "{out:?}");
+    podman.assert_nothing_left();
+    case.assert_nothing_left();
+}
+
 /// podman's volumes over virtio-fs: `-v HOSTDIR:/data` both ways, `:ro` refuses writes, a
 /// named volume outlives its container, and `--mount type=bind`.
 #[test]

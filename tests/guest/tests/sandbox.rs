@@ -275,3 +275,57 @@ fn a_bundle_without_a_mount_namespace_is_chrooted_in_the_guest() {
     assert_eq!(out.code, Some(1), "{out:?}");
     case.assert_nothing_left();
 }
+
+/// A user namespace with uid and gid mappings, made as runc makes it: the container's root is
+/// uid 0 inside and 100000 outside (a file it makes in its root, shared in place, is owned by
+/// 100000 on the host, as under runc), and it owns its other namespaces (it sets its hostname,
+/// mounts its own proc, devpts and a fresh /dev; sysfs, which only the network namespace's
+/// owner may mount, is the guest's bound in).
+#[test]
+fn a_user_namespace_maps_the_containers_root() {
+    let case = Case::new("userns");
+    let bundle = TempDir::new("userns");
+    let rootfs = bundle.path("rootfs");
+    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(&rootfs).status().unwrap();
+    assert!(status.success());
+    let status = std::process::Command::new("chown").args(["-R", "100000:100000"]).arg(&rootfs).status().unwrap();
+    assert!(status.success());
+    let script = "id -u; awk '{print $1, $2, $3}' /proc/self/uid_map /proc/self/gid_map; hostname mapped && hostname; \
+                  touch /made; ls /sys/kernel >/dev/null && echo sysfs; echo > /dev/null && echo devices";
+    let caps = r#"["CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SETUID", "CAP_SETGID"]"#;
+    let config = format!(
+        r#"{{
+  "ociVersion": "1.0.2",
+  "root": {{ "path": "rootfs" }},
+  "process": {{ "args": ["sh", "-c", {script:?}], "env": ["PATH=/bin"], "cwd": "/", "user": {{ "uid": 0, "gid": 0 }},
+    "capabilities": {{ "bounding": {caps}, "effective": {caps}, "permitted": {caps} }} }},
+  "mounts": [
+    {{ "destination": "/proc", "type": "proc", "source": "proc" }},
+    {{ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }},
+    {{ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }},
+    {{ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }}
+  ],
+  "linux": {{
+    "namespaces": [{{ "type": "pid" }}, {{ "type": "mount" }}, {{ "type": "uts" }}, {{ "type": "ipc" }}, {{ "type": "user" }}],
+    "uidMappings": [{{ "containerID": 0, "hostID": 100000, "size": 65536 }}],
+    "gidMappings": [{{ "containerID": 0, "hostID": 100000, "size": 65536 }}]
+  }}
+}}"#
+    );
+    std::fs::write(bundle.path("config.json"), config).unwrap();
+    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    assert_eq!(out.stdout, "0\n0 100000 65536\n0 100000 65536\nmapped\nsysfs\ndevices\n", "{out:?}");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let made = std::fs::metadata(rootfs.join("made")).unwrap();
+    assert_eq!((std::os::unix::fs::MetadataExt::uid(&made), std::os::unix::fs::MetadataExt::gid(&made)), (100000, 100000));
+
+    // Without mappings: refused in one line naming the fields, nothing left.
+    let text = std::fs::read_to_string(bundle.path("config.json")).unwrap();
+    let start = text.find(",\n    \"uidMappings\"").unwrap();
+    let end = text.find("\n  }\n}").unwrap();
+    std::fs::write(bundle.path("config.json"), format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(out.stderr.contains("linux.uidMappings and linux.gidMappings: a user namespace needs both"), "{out:?}");
+    case.assert_nothing_left();
+}
