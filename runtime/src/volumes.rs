@@ -44,23 +44,26 @@ use protocol::{ROOTFS_TAG, SHARED_TAG};
 const LISTEN_FD: i32 = 3;
 
 /// What one virtiofsd serves: its virtio-fs tag, the directory under the sandbox directory
-/// it shares (each share bind-mounted in it at its index) and whether a setuid or setgid
-/// file may be made there.
+/// it shares (each share bind-mounted in it at its index), and whether a setuid or setgid
+/// file may be made there and extended attributes (file capabilities among them) pass.
 pub struct Service {
     pub tag: &'static str,
     pub dir: &'static str,
     pub setid: bool,
+    pub xattr: bool,
 }
 
 /// The volumes: host directories a user names, which other host users may reach, so no
-/// setuid or setgid file is made in them (the module's comment).
-pub const VOLUMES: Service = Service { tag: SHARED_TAG, dir: "shared", setid: false };
-/// An OCI bundle's root, written in place. Its own virtiofsd, without the setid filter:
-/// under runc the container's root makes setuid files there too (a package install does:
-/// openssh-client's ssh-keysign, sudo), and the engines keep container roots in storage only
-/// root can reach (podman's and docker's 0700 and 0710 directories), where a volume is any
-/// host directory.
-pub const ROOTFS: Service = Service { tag: ROOTFS_TAG, dir: "rootfs-shared", setid: true };
+/// setuid or setgid file is made in them (the module's comment), and no file capability
+/// either (no xattrs).
+pub const VOLUMES: Service = Service { tag: SHARED_TAG, dir: "shared", setid: false, xattr: false };
+/// An OCI bundle's root, written in place. Its own virtiofsd, without the setid filter and
+/// with xattrs: under runc the container's root makes setuid files and sets file
+/// capabilities there too (a package install does: openssh-client's ssh-keysign,
+/// iputils-ping's cap_net_raw), an image's own file capabilities must hold in the guest,
+/// and the engines keep container roots in storage only root can reach (podman's and
+/// docker's 0700 and 0710 directories), where a volume is any host directory.
+pub const ROOTFS: Service = Service { tag: ROOTFS_TAG, dir: "rootfs-shared", setid: true, xattr: true };
 
 /// One host path shared into the guest, at `shared/INDEX`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +121,7 @@ impl Virtiofsd {
             // Guest page cache as the host's files change underneath (`auto`: revalidated on
             // open and after a timeout), which is what a volume shared with the host wants.
             .args(["--cache", "auto"])
+            .args(service.xattr.then_some("--xattr"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

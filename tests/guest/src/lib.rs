@@ -115,28 +115,12 @@ impl Case {
         let runtime = self.runtime.0.to_string_lossy().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         assert!(!mounts.contains(&runtime), "a mount under {runtime} is left");
-        // The run's microvm has exited (the caller waited for it). Its helpers end by
-        // themselves right after: passt (`--network user`, which inherits
-        // MICROVM_RUNTIME_DIR) when the VMM's end of its socket closes, virtiofsd (whose
-        // command line names the sandbox directory) by its parent-death signal; under the
-        // bed's emulation either can take a moment to be gone.
-        let left = || {
+        // passt (`--network user`) inherits MICROVM_RUNTIME_DIR rather than naming it.
+        assert_no_process_left(|| {
             let mut pids = processes_matching(&runtime);
             pids.extend(processes_with_env(&runtime));
             pids
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !left().is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a process of the run outlived it by 5 s: {:?}",
-                left()
-                    .iter()
-                    .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-                    .collect::<Vec<_>>()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        });
     }
 }
 
@@ -184,4 +168,24 @@ pub fn virtiofsd_processes(needle: &str) -> Vec<u32> {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("virtiofsd"))
         })
         .collect()
+}
+
+/// No process that `left` finds outlives the run (or the `delete`) by more than 5 s. The
+/// VMM process has ended (the caller waited for it, or `delete` killed it); its helpers end by
+/// themselves right after: passt when the VMM's end of its socket closes, each virtiofsd
+/// (whose command line names the sandbox directory) by its parent-death signal. Under the
+/// bed's emulation either can take a moment to be gone.
+pub fn assert_no_process_left(left: impl Fn() -> Vec<u32>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !left().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a process outlived its container by 5 s: {:?}",
+            left()
+                .iter()
+                .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

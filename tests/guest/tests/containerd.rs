@@ -203,7 +203,7 @@ impl Containerd {
         let state = Path::new("/run/containerd/microvm").join(NAMESPACE);
         let left: Vec<_> = std::fs::read_dir(&state).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         assert!(left.is_empty(), "left behind: {left:?}");
-        assert!(processes_matching(&state.to_string_lossy()).is_empty(), "a VMM process is still running");
+        guest_tests::assert_no_process_left(|| processes_matching(&state.to_string_lossy()));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&self.dir.0.to_string_lossy().to_string()), "a mount is left:\n{mounts}");
     }

@@ -226,7 +226,7 @@ impl Docker {
         }
         assert!(left.is_empty(), "left behind: {left:?}");
         let root = self.runtime_root.to_string_lossy().to_string();
-        assert!(processes_matching(&root).is_empty(), "a VMM process is still running");
+        guest_tests::assert_no_process_left(|| processes_matching(&root));
         assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&root));
     }
 }

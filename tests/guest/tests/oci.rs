@@ -158,7 +158,7 @@ impl Oci {
             .unwrap_or_default();
         assert!(left.is_empty(), "left behind: {left:?}");
         let root = self.root.to_string_lossy().to_string();
-        assert!(processes_matching(&root).is_empty(), "a VMM process is still running");
+        guest_tests::assert_no_process_left(|| processes_matching(&root));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&root), "a mount is left: {mounts}");
     }

@@ -127,7 +127,7 @@ impl Podman {
             .unwrap_or_default();
         assert!(left.is_empty(), "left behind: {left:?}");
         let root = self.runtime_root.to_string_lossy().to_string();
-        assert!(processes_matching(&root).is_empty(), "a VMM process is still running");
+        guest_tests::assert_no_process_left(|| processes_matching(&root));
         assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&root));
     }
 }
@@ -265,7 +265,7 @@ fn podman_runs_an_installed_microvm_with_no_environment() {
     let out = podman.run(&["run", "--rm", "--network", "none", "localhost/busybox", "sh", "-c", "echo hi; exit 3"]);
     assert_eq!((out.code, out.stdout.as_str()), (Some(3), "hi\n"), "{out:?}");
     let prefix = podman.dir.path("prefix").to_string_lossy().into_owned();
-    assert!(processes_matching(&prefix).is_empty(), "a VMM process is still running");
+    guest_tests::assert_no_process_left(|| processes_matching(&prefix));
     let out = podman.run(&["ps", "--all", "--quiet"]);
     assert_eq!(out.stdout, "", "{out:?}");
 }

@@ -329,3 +329,42 @@ fn a_user_namespace_maps_the_containers_root() {
     assert!(out.stderr.contains("linux.uidMappings and linux.gidMappings: a user namespace needs both"), "{out:?}");
     case.assert_nothing_left();
 }
+
+/// File capabilities in a bundle's root (its own virtiofsd passes extended attributes, as an
+/// image's `ping` needs them): a copy of busybox with cap_net_bind_service in its
+/// security.capability, set on the host, raises that capability for a non-root process (within
+/// the bounding set, no_new_privs off), where busybox itself gets none.
+#[test]
+fn file_capabilities_in_a_bundle_root_hold() {
+    let case = Case::new("filecaps");
+    let bundle = TempDir::new("filecaps");
+    let rootfs = bundle.path("rootfs");
+    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(&rootfs).status().unwrap();
+    assert!(status.success());
+    // Named busybox (it picks the applet by its name), in a directory of its own.
+    std::fs::create_dir(rootfs.join("capbin")).unwrap();
+    std::fs::copy(rootfs.join("bin/busybox"), rootfs.join("capbin/busybox")).unwrap();
+    // struct vfs_cap_data, revision 2, effective: permitted = 1 << CAP_NET_BIND_SERVICE (10).
+    let words: [u32; 5] = [0x0200_0001, 1 << 10, 0, 0, 0];
+    let value: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let path = std::ffi::CString::new(rootfs.join("capbin/busybox").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: setxattr with NUL-terminated strings and a buffer of the length given.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), c"security.capability".as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let script = "grep CapEff /proc/self/status; /capbin/busybox grep CapEff /proc/self/status";
+    let config = format!(
+        r#"{{
+  "ociVersion": "1.0.2",
+  "root": {{ "path": "rootfs" }},
+  "process": {{ "args": ["sh", "-c", {script:?}], "env": ["PATH=/bin"], "cwd": "/", "user": {{ "uid": 1000, "gid": 1000 }},
+    "capabilities": {{ "bounding": ["CAP_NET_BIND_SERVICE"] }} }},
+  "mounts": [{{ "destination": "/proc", "type": "proc", "source": "proc" }}],
+  "linux": {{ "namespaces": [{{ "type": "pid" }}, {{ "type": "mount" }}] }}
+}}"#
+    );
+    std::fs::write(bundle.path("config.json"), config).unwrap();
+    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    assert_eq!(out.stdout, "CapEff:\t0000000000000000\nCapEff:\t0000000000000400\n", "{out:?}");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    case.assert_nothing_left();
+}
