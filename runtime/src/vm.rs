@@ -1,6 +1,7 @@
-//! Boots the microVM that runs one container: the rootfs packed into an image (cached), the
-//! agent in an initramfs, the VM built in this process, then the jail and seccomp before the
-//! guest's first instruction. Shared by `microvm run` and the OCI runtime's VMM process.
+//! Boots the microVM that runs one container: the rootfs packed into an image (cached) or
+//! shared over virtio-fs ([`Route`]), the agent in an initramfs, the VM built in this
+//! process, then the jail and seccomp before the guest's first instruction. Shared by
+//! `microvm run` and the OCI runtime's VMM process.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -120,9 +121,10 @@ pub fn boot(spec: &VmSpec<'_>, start: Instant) -> anyhow::Result<RunningVm> {
     let kernel = layout.kernel(spec.kernel)?.path;
     let agent = layout.agent(spec.agent)?.path;
 
-    // The rootfs: a writable bundle root shared read-write over virtio-fs beside the volumes;
-    // an image packed into a cached EROFS image on a read-only disk, or shared read-only
-    // (`MICROVM_ROOTFS=virtiofs`, or `rootfs` in the config). See [`Root`].
+    // The rootfs: a writable bundle root shared read-write over virtio-fs by a virtiofsd of
+    // its own; an image packed into a cached EROFS image on a read-only disk, or shared
+    // read-only beside the volumes (`MICROVM_ROOTFS=virtiofs`, or `rootfs` in the config).
+    // See [`Root`] and [`Route`].
     let mut shares = spec.shares.to_vec();
     let route = Route::of(spec.root, layout.rootfs_transport()?);
     let shared_rootfs = |read_only| -> anyhow::Result<crate::volumes::Share> {
