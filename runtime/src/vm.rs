@@ -58,6 +58,13 @@ pub enum Root {
     Bundle { read_only: bool },
 }
 
+impl Root {
+    /// A bundle's root as its config says (`root.readonly`).
+    pub fn of_bundle(spec: &oci_spec::runtime::Spec) -> Self {
+        Root::Bundle { read_only: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) }
+    }
+}
+
 /// How the rootfs directory reaches the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {

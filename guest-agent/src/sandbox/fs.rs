@@ -53,9 +53,9 @@ const DEFAULT_LINKS: [(&str, &str); 6] = [
 /// Steps 1 to 5 for `spec`, with `root` as the container's root directory.
 pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
     let linux = spec.linux().clone().unwrap_or_default();
-    let own_namespace = has_mount_namespace(spec);
+    let own_namespace = super::has_namespace(spec, LinuxNamespaceType::Mount);
     // In a user namespace: the container's cgroup, bound where cgroup2 cannot be mounted.
-    let userns = super::userns::wanted(spec).then(|| super::cgroup::path_of(spec));
+    let userns = super::has_namespace(spec, LinuxNamespaceType::User).then(|| super::cgroup::path_of(spec));
     if own_namespace {
         mount(
             None::<&str>,
@@ -102,12 +102,6 @@ pub fn build(spec: &Spec, root: &Path) -> Result<(), Failure> {
     }
 }
 
-/// Whether the spec gives the container a mount namespace of its own.
-fn has_mount_namespace(spec: &Spec) -> bool {
-    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
-    namespaces.is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::Mount))
-}
-
 /// Steps 6 and 7, after the sysctls are written (runc's order: /proc/sys is read-only after).
 pub fn protect(spec: &Spec) -> Result<(), Failure> {
     let linux = spec.linux().clone().unwrap_or_default();
@@ -124,7 +118,7 @@ pub fn protect(spec: &Spec) -> Result<(), Failure> {
         .unwrap_or(false)
     {
         let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        if super::userns::wanted(spec) {
+        if super::has_namespace(spec, LinuxNamespaceType::User) {
             flags |= locked_flags(Path::new("/"));
         }
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).at(|| "remount / read-only")?;

@@ -107,7 +107,7 @@ fn setup(
     // (runc sets them from outside for the same reason). Both are inherited from here on.
     identity::set_rlimits(&process)?;
     identity::set_oom_score_adj(&process)?;
-    let mapper = userns::wanted(spec).then(|| userns::Mapper::start(spec)).transpose()?;
+    let mapper = flags.contains(CloneFlags::CLONE_NEWUSER).then(|| userns::Mapper::start(spec)).transpose()?;
     unshare(flags).at(|| format!("unshare {flags:?}"))?;
     if let Some(mapper) = mapper {
         mapper.map()?;
@@ -164,6 +164,12 @@ fn join(
     fork_and_report(channel)?;
     let linux = spec.linux().clone().unwrap_or_default();
     launch(&linux, &process, &command, false, terminal, channel)
+}
+
+/// Whether the spec lists a namespace of type `typ`.
+fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    namespaces.is_some_and(|n| n.iter().any(|n| n.typ() == typ))
 }
 
 /// The spec's process: a spec without one is the request's fault.

@@ -13,15 +13,9 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, getppid, setgroups, setresgid, setresuid, ForkResult, Gid, Pid, Uid};
-use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxIdMapping, Spec};
 
 use super::fail::{At, Failure};
-
-/// Whether the spec asks for a user namespace.
-pub fn wanted(spec: &Spec) -> bool {
-    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
-    namespaces.is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::User))
-}
 
 /// `/proc/PID/uid_map` text: one `inside outside count` line per mapping.
 fn map_text(mappings: &[LinuxIdMapping]) -> String {

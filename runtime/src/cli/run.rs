@@ -164,7 +164,7 @@ pub fn run(args: RunArgs, start: Instant) -> anyhow::Result<u8> {
         &VmSpec {
             rootfs: &rootfs,
             root: match &args.bundle {
-                Some(_) => crate::vm::Root::Bundle { read_only: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) },
+                Some(_) => crate::vm::Root::of_bundle(&spec),
                 None => crate::vm::Root::Image,
             },
             kernel: args.kernel.as_deref(),

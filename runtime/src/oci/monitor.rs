@@ -131,11 +131,10 @@ fn prepare(dir: &ContainerDir, args: &Monitor, start: Instant, ready: &mut File)
         .then(|| super::console::hand_over(args.console_socket.as_deref()))
         .transpose()?;
     let vm_dir = dir.vm_dir();
-    let read_only = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
     let vm = crate::vm::boot(
         &VmSpec {
             rootfs: &rootfs,
-            root: crate::vm::Root::Bundle { read_only },
+            root: crate::vm::Root::of_bundle(&spec),
             kernel: None,
             agent: None,
             mem_mib: MEM_MIB,

@@ -220,12 +220,22 @@ echo "guest marker: $(cat /marker)"
     case.assert_nothing_left();
 }
 
+/// The busybox image copied to `to` (a bundle's rootfs of its own).
+fn copy_busybox(to: &Path) {
+    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+/// `microvm run --bundle` of `bundle` (its config.json as written), to completion.
+fn run_bundle(case: &Case, bundle: &TempDir) -> test_support::Outcome {
+    case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run()
+}
+
 #[test]
 fn a_bundle_runs_as_its_config_says() {
     let case = Case::new("bundle");
     let bundle = TempDir::new("bundle");
-    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(bundle.path("rootfs")).status().unwrap();
-    assert!(status.success());
+    copy_busybox(&bundle.path("rootfs"));
     let config = r#"{
   "ociVersion": "1.0.2",
   "root": { "path": "rootfs", "readonly": true },
@@ -241,7 +251,7 @@ fn a_bundle_runs_as_its_config_says() {
   "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }, { "type": "uts" }] }
 }"#;
     std::fs::write(bundle.path("config.json"), config).unwrap();
-    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    let out = run_bundle(&case, &bundle);
     assert_eq!(out.stdout, "hello from bundled as 1000\n", "{out:?}");
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
     case.assert_nothing_left();
@@ -254,8 +264,7 @@ fn a_bundle_runs_as_its_config_says() {
 fn a_bundle_without_a_mount_namespace_is_chrooted_in_the_guest() {
     let case = Case::new("no-mntns");
     let bundle = TempDir::new("no-mntns");
-    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(bundle.path("rootfs")).status().unwrap();
-    assert!(status.success());
+    copy_busybox(&bundle.path("rootfs"));
     std::fs::write(bundle.path("rootfs/marker"), "from the bundle\n").unwrap();
     let script = "cat /marker; [ $(readlink /proc/1/ns/mnt) = $(readlink /proc/self/ns/mnt) ] && echo shared; touch /x";
     let config = format!(
@@ -269,7 +278,7 @@ fn a_bundle_without_a_mount_namespace_is_chrooted_in_the_guest() {
 }}"#
     );
     std::fs::write(bundle.path("config.json"), config).unwrap();
-    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    let out = run_bundle(&case, &bundle);
     assert_eq!(out.stdout, "from the bundle\nshared\n", "{out:?}");
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
     assert_eq!(out.code, Some(1), "{out:?}");
@@ -286,8 +295,7 @@ fn a_user_namespace_maps_the_containers_root() {
     let case = Case::new("userns");
     let bundle = TempDir::new("userns");
     let rootfs = bundle.path("rootfs");
-    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(&rootfs).status().unwrap();
-    assert!(status.success());
+    copy_busybox(&rootfs);
     let status = std::process::Command::new("chown").args(["-R", "100000:100000"]).arg(&rootfs).status().unwrap();
     assert!(status.success());
     let script = "id -u; awk '{print $1, $2, $3}' /proc/self/uid_map /proc/self/gid_map; hostname mapped && hostname; \
@@ -313,7 +321,7 @@ fn a_user_namespace_maps_the_containers_root() {
 }}"#
     );
     std::fs::write(bundle.path("config.json"), config).unwrap();
-    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    let out = run_bundle(&case, &bundle);
     assert_eq!(out.stdout, "0\n0 100000 65536\n0 100000 65536\nmapped\nsysfs\ndevices\n", "{out:?}");
     assert_eq!(out.code, Some(0), "{out:?}");
     let made = std::fs::metadata(rootfs.join("made")).unwrap();
@@ -324,7 +332,7 @@ fn a_user_namespace_maps_the_containers_root() {
     let start = text.find(",\n    \"uidMappings\"").unwrap();
     let end = text.find("\n  }\n}").unwrap();
     std::fs::write(bundle.path("config.json"), format!("{}{}", &text[..start], &text[end..])).unwrap();
-    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    let out = run_bundle(&case, &bundle);
     assert_eq!(out.code, Some(125), "{out:?}");
     assert!(out.stderr.contains("linux.uidMappings and linux.gidMappings: a user namespace needs both"), "{out:?}");
     case.assert_nothing_left();
@@ -339,8 +347,7 @@ fn file_capabilities_in_a_bundle_root_hold() {
     let case = Case::new("filecaps");
     let bundle = TempDir::new("filecaps");
     let rootfs = bundle.path("rootfs");
-    let status = std::process::Command::new("cp").arg("-a").arg(suite().rootfs.join(BUSYBOX)).arg(&rootfs).status().unwrap();
-    assert!(status.success());
+    copy_busybox(&rootfs);
     // Named busybox (it picks the applet by its name), in a directory of its own.
     std::fs::create_dir(rootfs.join("capbin")).unwrap();
     std::fs::copy(rootfs.join("bin/busybox"), rootfs.join("capbin/busybox")).unwrap();
@@ -363,7 +370,7 @@ fn file_capabilities_in_a_bundle_root_hold() {
 }}"#
     );
     std::fs::write(bundle.path("config.json"), config).unwrap();
-    let out = case.microvm().args(["run", "--kernel"]).arg(input("MICROVM_KERNEL_DIR").join("vmlinux")).arg("--bundle").arg(&bundle.0).run();
+    let out = run_bundle(&case, &bundle);
     assert_eq!(out.stdout, "CapEff:\t0000000000000000\nCapEff:\t0000000000000400\n", "{out:?}");
     assert_eq!(out.code, Some(0), "{out:?}");
     case.assert_nothing_left();
